@@ -1,0 +1,18 @@
+from django.urls import path
+
+from . import views
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("exposures/", views.exposure_list, name="exposure-list"),
+    path("exposures/upload/", views.exposure_upload, name="exposure-upload"),
+    path("exposures/<int:pk>/", views.exposure_detail, name="exposure-detail"),
+    path("runs/", views.run_list, name="run-list"),
+    path("runs/start/", views.runs_start, name="runs-start"),
+    path("runs/<int:pk>/", views.run_detail, name="run-detail"),
+    path("runs/<int:pk>/status/", views.run_status, name="run-status"),
+    path("runs/<int:pk>/cancel/", views.run_cancel, name="run-cancel"),
+    path("runs/<int:pk>/rerun/", views.run_rerun, name="run-rerun"),
+    path("runs/<int:pk>/outputs/<str:name>", views.output_download, name="output-download"),
+    path("healthz", views.healthz, name="healthz"),
+]

@@ -1,0 +1,150 @@
+"""Background estimation against truth (seeded synthetic images)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from calibration.background import (
+    BackgroundConfig,
+    BackgroundModel,
+    estimate_background,
+    subtract_background,
+)
+from calibration.configbase import config_from_dict, config_to_dict
+from calibration.errors import BadExposureError, ConfigError
+from calibration.exposure import MaskPlane, make_exposure
+
+SKY_ADU = 1000.0
+SIGMA_ADU = 10.0
+
+# sep's box level is SExtractor's mode 2.5*median - 1.5*mean, whose standard
+# error on Gaussian noise is sqrt(6.25*pi/2 + 2.25 - 2*2.5*1.5) = 2.14 sigma/sqrt(n)
+# (the mean alone would give 1 sigma/sqrt(n)); a 3-sigma tolerance on the level
+# estimated from N pixels is therefore 3 * 2.14 * sigma / sqrt(N).
+MODE_STDERR_FACTOR = 2.14
+
+
+def _flat(shape: tuple[int, int], seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return SKY_ADU + rng.normal(0.0, SIGMA_ADU, shape)
+
+
+def test_flat_level_and_rms_recovered() -> None:
+    shape = (512, 512)
+    exposure = make_exposure(_flat(shape, seed=11))
+    model = estimate_background(exposure, BackgroundConfig(box_size_pix=128))
+    n = shape[0] * shape[1]
+    tol = 3 * MODE_STDERR_FACTOR * SIGMA_ADU / np.sqrt(n)
+    assert abs(model.global_level_adu - SKY_ADU) < tol
+    assert abs(float(model.level_image.mean()) - SKY_ADU) < tol
+    # sep clips at 3 sigma without correcting the truncation (-1.3 % on
+    # Gaussian noise); the requirement is 3 %.
+    assert model.global_rms_adu == pytest.approx(SIGMA_ADU, rel=0.03)
+    assert float(np.median(model.rms_image)) == pytest.approx(SIGMA_ADU, rel=0.03)
+    assert model.mesh_level.shape == (4, 4)
+    assert model.level_image.dtype == np.float32
+
+
+def test_linear_gradient_recovered_with_box_64() -> None:
+    ny, nx = 512, 384
+    yy, xx = np.mgrid[0:ny, 0:nx]
+    # 1.5 sigma across the image in x, 1.5 sigma in y.
+    truth = SKY_ADU + 0.004 * SIGMA_ADU * xx + 0.003 * SIGMA_ADU * yy
+    rng = np.random.default_rng(3)
+    exposure = make_exposure(truth + rng.normal(0.0, SIGMA_ADU, truth.shape))
+    model = estimate_background(exposure, BackgroundConfig(box_size_pix=64))
+    err = (model.level_image - truth) / SIGMA_ADU
+    # Each box level has noise 2.14/64 = 0.033 sigma, so 0.2 sigma is > 5 times the
+    # model noise. Within half a box of the edge sep extrapolates the spline
+    # beyond the outermost box centres, which amplifies that noise (~0.08
+    # sigma at the corners), so the per-pixel requirement is tested inside.
+    half = 64 // 2
+    assert np.abs(err[half:-half, half:-half]).max() < 0.2
+    assert np.abs(err).max() < 0.4
+    assert np.sqrt(np.mean(err**2)) < 0.05
+
+
+def test_masked_bright_star_does_not_bias_level() -> None:
+    ny, nx = 256, 256
+    yy, xx = np.mgrid[0:ny, 0:nx]
+    r2 = (xx - 96.0) ** 2 + (yy - 160.0) ** 2
+    # Moffat star (alpha 4 pix, beta 2.5, 3e6 ADU): extended wings, like a real PSF.
+    alpha, beta, flux = 4.0, 2.5, 3e6
+    star = flux * (beta - 1) / (np.pi * alpha**2) * (1 + r2 / alpha**2) ** -beta
+    mask = np.where(star > 0.5 * SIGMA_ADU, int(MaskPlane.DETECTED), 0)
+    pixels = _flat((ny, nx), seed=5) + star
+    # No median filter, so that the star's box is not rescued by its neighbours.
+    config = BackgroundConfig(box_size_pix=64, filter_size_boxes=1)
+
+    unmasked = estimate_background(make_exposure(pixels), config)
+    masked = estimate_background(make_exposure(pixels, mask=mask), config)
+
+    near = r2 < 40.0**2
+    bias_unmasked = np.abs(unmasked.level_image[near] - SKY_ADU).max() / SIGMA_ADU
+    bias_masked = np.abs(masked.level_image[near] - SKY_ADU).max() / SIGMA_ADU
+    assert bias_unmasked > 0.3  # the test is sensitive to the star...
+    # ...and masking it removes the bias: a box level has noise ~2.14 / 60 = 0.036
+    # sigma, so 0.12 sigma is > 3 times the noise of the worst box near the star.
+    assert bias_masked < 0.12
+
+
+def test_subtract_background_in_place_variance_unchanged() -> None:
+    exposure = make_exposure(_flat((256, 256), seed=2), variance=np.full((256, 256), 100.0))
+    model = estimate_background(exposure, BackgroundConfig(box_size_pix=64))
+    before = exposure.image.copy()
+    subtract_background(exposure, model)
+    np.testing.assert_allclose(exposure.image, before - model.level_image, rtol=0, atol=1e-3)
+    assert abs(float(np.median(exposure.image))) < 0.1 * SIGMA_ADU
+    assert np.all(exposure.variance == 100.0)
+
+
+def test_hdulist_round_trip(tmp_path) -> None:
+    exposure = make_exposure(_flat((300, 200), seed=4))
+    config = BackgroundConfig(box_size_pix=64, filter_size_boxes=5, mask_planes=("BAD", "SAT"))
+    model = estimate_background(exposure, config)
+    path = tmp_path / "calexpBackground.fits"
+    model.to_hdulist().writeto(path)
+    with fits.open(path) as hdul:
+        again = BackgroundModel.from_hdulist(hdul)
+    assert again.config == config
+    assert again.global_level_adu == pytest.approx(model.global_level_adu)
+    assert again.global_rms_adu == pytest.approx(model.global_rms_adu)
+    for name in ("level_image", "rms_image", "mesh_level", "mesh_rms"):
+        np.testing.assert_array_equal(getattr(again, name), getattr(model, name))
+    assert again.mesh_level.shape == (5, 4)  # partial last boxes count
+    assert again.evaluate((300, 200)).dtype.isnative
+
+
+def test_image_smaller_than_box() -> None:
+    exposure = make_exposure(_flat((100, 300), seed=1))
+    with pytest.raises(BadExposureError, match="smaller than one background box") as info:
+        estimate_background(exposure, BackgroundConfig(box_size_pix=128))
+    assert info.value.stage == "background"
+    assert info.value.figures["box_size_pix"] == 128
+    assert "box_size_pix" in info.value.message
+
+
+def test_constant_image() -> None:
+    exposure = make_exposure(np.full((256, 256), 42.0))
+    with pytest.raises(BadExposureError, match="constant image, no noise") as info:
+        estimate_background(exposure, BackgroundConfig(box_size_pix=64))
+    assert info.value.figures["level_adu"] == 42.0
+
+
+def test_all_pixels_masked() -> None:
+    image = np.full((128, 128), np.nan)
+    exposure = make_exposure(image)  # NaN -> NO_DATA
+    with pytest.raises(BadExposureError, match="every pixel is masked") as info:
+        estimate_background(exposure, BackgroundConfig(box_size_pix=64))
+    assert info.value.stage == "background"
+
+
+def test_config_json_and_validation() -> None:
+    config = BackgroundConfig(box_size_pix=32)
+    assert config_from_dict(BackgroundConfig, config_to_dict(config)) == config
+    with pytest.raises(ConfigError, match="mask plane"):
+        config_from_dict(BackgroundConfig, {"mask_planes": ["NOPE"]})
+    with pytest.raises(ConfigError, match="box_size_pix"):
+        estimate_background(make_exposure(_flat((64, 64), 0)), BackgroundConfig(box_size_pix=0))
