@@ -21,6 +21,7 @@ from .exposure import Exposure
 from .match import match_sky
 from .photocal import apply_colorterm, colorterm_mag_err, fit_zero_point
 from .refcat import ReferenceCatalog
+from .totalflux import measure_total_flux_correction
 
 STAGE = "photocal"
 _BAD_FLAGS = ("flag_edge", "flag_saturated_center", "flag_saturated", "flag_cr_center", "flag_bad", "flag_nodata",
@@ -100,14 +101,16 @@ def _good_sources(sources: Table, flux_field: str, *, isolation_pix: float | Non
 
 
 def run_photocal(exposure: Exposure, sources: Table, refcat: ReferenceCatalog, config, *, seed: int,
-                 fallback_flux_field: str | None = None) -> PhotometryResult:
+                 fallback_flux_field: str | None = None, calibration_flux: str | None = None) -> PhotometryResult:
     """Fit the zero point of ``sources`` against ``refcat``.
 
     ``config`` is the whole CalibrateConfig (its ``photocal`` part and
     ``reference_band``). When ``photocal.flux_field`` holds no finite flux (the
     PSF flux without a PSF model), ``fallback_flux_field`` is calibrated
-    instead and the metadata says so. Raises PhotometryError with figures when
-    it cannot.
+    instead and the metadata says so. ``calibration_flux`` is the aperture the
+    fluxes were corrected to; the light outside it, measured on the PSF stars
+    (:mod:`calibration.totalflux`), makes the zero point refer to total flux.
+    Raises PhotometryError with figures when it cannot.
     """
     pc = config.photocal
     if exposure.wcs is None:
@@ -152,7 +155,12 @@ def run_photocal(exposure: Exposure, sources: Table, refcat: ReferenceCatalog, c
     flux = np.asarray(sources[flux_field], float)[src_rows]
     flux_err = np.asarray(sources[f"{flux_field}_err"], float)[src_rows] if f"{flux_field}_err" in sources.colnames \
         else np.full(flux.shape, np.nan)
-    inst_mag = -2.5 * np.log10(flux)
+    total = None
+    if pc.total_flux.apply:
+        total = measure_total_flux_correction(sources, calibration_flux or flux_field, pc.total_flux)
+    total_factor = 1.0 if total is None else total.factor
+    # Refer the zero point to total flux: the calibration flux times the light outside its aperture.
+    inst_mag = -2.5 * np.log10(flux * total_factor)
     inst_err = 2.5 / math.log(10) * flux_err / flux
     ref_mag, ref_err = refcat.mag(band)
     ref_mag, ref_err = ref_mag[ref_rows], ref_err[ref_rows]
@@ -176,6 +184,7 @@ def run_photocal(exposure: Exposure, sources: Table, refcat: ReferenceCatalog, c
     exptime = exposure.info.exptime_s
     metadata: dict[str, Any] = {
         "ZERO_POINT_MAG": fit.zero_point_mag,
+        "ZERO_POINT_MAG_CALIB_APERTURE": fit.zero_point_mag + 2.5 * math.log10(total_factor),
         "MAGZERO_RMS": fit.zero_point_err_mag,
         "MAGZERO_NOBJ": int(fit.n_used),
         "COLORTERM1": float(fit.colorterm_c0),
@@ -192,6 +201,12 @@ def run_photocal(exposure: Exposure, sources: Table, refcat: ReferenceCatalog, c
         "PHOTOM_FLUX_APCORR": f"{flux_field}_apCorr" in sources.colnames,
         "MATCH_RADIUS_ARCSEC": pc.match_radius_arcsec,
     }
+    if total is not None:
+        metadata.update(total.to_metadata())
+    else:
+        metadata["APCORR_TOTAL"] = 1.0
+        metadata["APCORR_TOTAL_WARNING"] = ("zero point refers to the calibration aperture: total-flux correction "
+                                            + ("disabled" if not pc.total_flux.apply else "not measurable (too few isolated PSF stars)"))
     if exptime and exptime > 0:
         metadata["MAGZERO"] = fit.zero_point_mag - 2.5 * math.log10(exptime)
     else:
@@ -214,11 +229,12 @@ def run_photocal(exposure: Exposure, sources: Table, refcat: ReferenceCatalog, c
 
     sources = sources.copy(copy_data=False)
     all_flux = np.asarray(sources[flux_field], float)
+    all_flux = all_flux * total_factor
     with np.errstate(divide="ignore", invalid="ignore"):
         mag = np.where(all_flux > 0, -2.5 * np.log10(all_flux) + fit.zero_point_mag, np.nan)
         mag_err = np.full(len(sources), np.nan)
         if f"{flux_field}_err" in sources.colnames:
-            mag_err = 2.5 / math.log(10) * np.asarray(sources[f"{flux_field}_err"], float) / all_flux
+            mag_err = 2.5 / math.log(10) * np.asarray(sources[f"{flux_field}_err"], float) * total_factor / all_flux
             mag_err = np.sqrt(mag_err**2 + fit.zero_point_err_mag**2)
     sources["mag"] = mag
     sources["mag"].unit = "mag"

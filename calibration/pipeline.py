@@ -303,7 +303,8 @@ def calibrate(
                 from .photometry import run_photocal
 
                 photo = run_photocal(exposure, sources, photom_refcat, config, seed=int(exposure.info.exposure_id),
-                                     fallback_flux_field=config.apcorr.calibration_flux)
+                                     fallback_flux_field=config.apcorr.calibration_flux,
+                                     calibration_flux=config.apcorr.calibration_flux)
                 metadata.update(photo.metadata)
                 photom_matches = photo.matches
                 sources = photo.sources
