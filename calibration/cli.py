@@ -1,4 +1,4 @@
-"""Command line: ``calibrate run IMAGE.fits --out DIR [--refcat REF] [--config CONFIG.json]``.
+"""Command line: ``calibrate run IMAGE.fits --refcat REF [--photo-refcat REF] [--config CONFIG.json] --out DIR``.
 
 ``calibrate measure`` is the same without a reference catalogue (the first
 half of the pipeline). A progress line per stage goes to stderr and the
@@ -42,7 +42,11 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--hdu", default=None, help="image HDU index or name (default: first 2-D image)")
         p.add_argument("--config", type=Path, help="JSON file with configuration overrides")
         if name == "run":
-            p.add_argument("--refcat", type=Path, required=True, help="reference catalogue (.fits, .csv, .parquet)")
+            p.add_argument("--refcat", required=True,
+                           help="astrometric (and, without --photo-refcat, photometric) reference catalogue: "
+                                "a HATS directory or URL, or a .fits/.csv/.parquet table")
+            p.add_argument("--photo-refcat", default=None,
+                           help="separate photometric reference catalogue (same forms as --refcat)")
     _add_refcat_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "refcat":
@@ -51,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     from .io import read_exposure
     from .outputs import write_outputs
     from .pipeline import calibrate, config_from_json
-    from .refcat import load_reference_catalog
+    from .refcat import load_for_exposure
 
     try:
         overrides = json.loads(args.config.read_text()) if args.config else {}
@@ -63,8 +67,13 @@ def main(argv: list[str] | None = None) -> int:
         print("[  0.0%] read ...", file=sys.stderr, flush=True)
         exposure = read_exposure(args.image, hdu=hdu)
         read_s = time.perf_counter() - t0
-        refcat = load_reference_catalog(args.refcat) if args.command == "run" else None
-        result = calibrate(exposure, config, photom_refcat=refcat, progress=_progress(sys.stderr))
+        astrom_refcat = photom_refcat = None
+        if args.command == "run":
+            astrom_refcat = photom_refcat = load_for_exposure(args.refcat, exposure)
+            if args.photo_refcat:
+                photom_refcat = load_for_exposure(args.photo_refcat, exposure)
+        result = calibrate(exposure, config, astrom_refcat=astrom_refcat, photom_refcat=photom_refcat,
+                           progress=_progress(sys.stderr))
         t1 = time.perf_counter()
         files = write_outputs(result, args.out)
         timings = {"read": read_s, **{k: v for k, v in result.timings_s.items() if k != "read"},
@@ -79,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     for f in files:
         print(f"  {f.name:28s} {f.description}")
     md = result.metadata
+    if md.get("SFM_ASTROM_OFFSET_MEAN") is not None:
+        print(f"astrometry: {md.get('ASTROMETRY')}, {md.get('ASTROM_N_USED')} stars, offset mean "
+              f"{1000 * md['SFM_ASTROM_OFFSET_MEAN']:.1f} mas, std {1000 * md['SFM_ASTROM_OFFSET_STD']:.1f} mas")
     if md.get("MAGZERO") is not None:
         print(f"MAGZERO {md['MAGZERO']:.4f}  MAGZERO_RMS {md['MAGZERO_RMS']:.4f}  MAGZERO_NOBJ {md['MAGZERO_NOBJ']}")
     for w in result.warnings:

@@ -4,7 +4,10 @@ File names follow LSST's dataset names: ``calexp.fits``,
 ``calexpBackground.fits``, ``psf.fits`` and ``apCorr.fits`` (which LSST keeps
 inside the calexp), ``src.fits`` (also Parquet and CSV), ``srcMatch.fits``
 (ids and distance, match metadata in the header), ``srcMatchFull.fits``
-(denormalised: ``ref_``/``src_`` columns) and ``metadata.json``.
+(denormalised: ``ref_``/``src_`` columns) of the photometric calibration,
+``astromMatch.fits`` / ``astromMatchFull`` (astrometric matches with
+residuals), ``wcs.fits`` and ``wcs_tpv.fits`` (the fitted WCS as SIP and as
+TPV headers) and ``metadata.json``.
 """
 
 from __future__ import annotations
@@ -94,6 +97,27 @@ def write_outputs(result, outdir: Path) -> list[OutputFile]:
         files.append(OutputFile(path.name, "apcorr", "fits", path, "Aperture-correction map (polynomial per flux)"))
 
     files += _write_table(result.sources, outdir / "src", kind="src", description="Source catalogue")
+
+    astrom = getattr(result, "astrometry", None)
+    if astrom is not None and len(astrom.matches):
+        matches = astrom.matches
+        ids = Table({"ref_id": matches["ref_id"], "src_id": matches["src_id"],
+                     "distance_arcsec": matches["distance_arcsec"]})
+        meta = {k: v for k, v in result.metadata.items() if k.startswith(("SFM_ASTROM", "ASTROM"))}
+        files += _write_table(ids, outdir / "astromMatch", kind="astromMatch", formats=("fits", "csv"),
+                              description="Astrometric matches: reference id, source id, distance", header=meta)
+        files += _write_table(matches, outdir / "astromMatchFull", kind="astromMatchFull",
+                              description="Astrometric matches with positions, residuals (mas) and used/clipped/"
+                                          "reserved flags")
+        path = outdir / "wcs.fits"
+        fits.PrimaryHDU(header=result.exposure.wcs.to_header(relax=True)).writeto(path, overwrite=True)
+        files.append(OutputFile(path.name, "wcs", "fits", path, "Fitted TAN-SIP WCS (FITS header)"))
+        from .wcsfit import tpv_header
+
+        path = outdir / "wcs_tpv.fits"
+        fits.PrimaryHDU(header=tpv_header(result.exposure.wcs, image_shape=result.exposure.shape)).writeto(
+            path, overwrite=True)
+        files.append(OutputFile(path.name, "wcs", "fits", path, "The same WCS as TPV (for SWarp/SCAMP)"))
 
     if result.photom_matches is not None and len(result.photom_matches):
         matches = result.photom_matches

@@ -8,8 +8,15 @@ and collects the metadata (MAGZERO, MAGZERO_RMS, ...). Stages that do not
 exist yet are reported as skipped in the result, never faked.
 
 Mapping of LSST's CalibrateConfig flags to ours: doDeblend ->
-``detection.do_deblend``; doSkySources -> ``do_sky_sources``; doPhotoCal ->
-``do_photo_cal``; requirePhotoCal -> ``require_photo_cal``.
+``detection.do_deblend``; doSkySources -> ``do_sky_sources``; doApCorr ->
+``do_ap_corr``; doAstrometry -> ``do_astrometry``; requireAstrometry ->
+``require_astrometry``; doPhotoCal -> ``do_photo_cal``; requirePhotoCal ->
+``require_photo_cal``; astrometry.maxMeanDistanceArcsec ->
+``astrometry.max_mean_distance_arcsec``. icSourceFieldsToCopy / matchRadiusPix:
+our PSF stars are selected on the final catalogue itself, so the
+``calib_psf_*`` fields are set on it directly and nothing needs copying.
+doWriteMatches / doWriteMatchesDenormalized / doWriteExposure are choices of
+:func:`calibration.outputs.write_outputs` (every output is written).
 """
 
 from __future__ import annotations
@@ -29,8 +36,17 @@ from .background import BackgroundConfig, BackgroundModel
 from .configbase import config_from_dict, config_to_dict, doc_field
 from .cosmicrays import CosmicRayConfig, find_and_repair_cosmic_rays
 from .detection import DetectionConfig, detect_and_refine_background, detect_sources
+from .astrometry import AstrometryConfig, AstrometryResult, fit_astrometry
 from .apcorr import ApCorrConfig, ApCorrMap, apply_aperture_corrections, measure_aperture_corrections
-from .errors import CalibrationError, CancelledError, ConfigError, NoSourcesError, PhotometryError, PsfError
+from .errors import (
+    AstrometryError,
+    CalibrationError,
+    CancelledError,
+    ConfigError,
+    NoSourcesError,
+    PhotometryError,
+    PsfError,
+)
 from .exposure import Exposure
 from .measure import MeasureConfig, measure_sources
 from .photocal import PhotoCalConfig
@@ -50,6 +66,7 @@ STAGES: tuple[tuple[str, float], ...] = (
     ("psf", 0.10),
     ("measurement", 0.20),
     ("apcorr", 0.03),
+    ("astrometry", 0.07),
     ("photocal", 0.10),
     ("write", 0.10),
 )
@@ -68,11 +85,16 @@ class CalibrateConfig:
     psf: PsfConfig = doc_field(PsfConfig(), "PSF star selection and model (characterisation).")
     measurement: MeasureConfig = doc_field(MeasureConfig(), "Source measurement.")
     apcorr: ApCorrConfig = doc_field(ApCorrConfig(), "Aperture corrections measured on the PSF stars.")
+    astrometry: AstrometryConfig = doc_field(AstrometryConfig(), "Astrometric matching and TAN-SIP fit.")
     photocal: PhotoCalConfig = doc_field(PhotoCalConfig(), "Photometric calibration.")
     do_sky_sources: bool = doc_field(True, "Place and measure sky sources (doSkySources).")
     do_psf: bool = doc_field(True, "Fit a PSF model (CharacterizeImageTask's measurePsf).")
     require_psf: bool = doc_field(False, "Fail the run when the PSF cannot be fitted; else warn, no PSF fluxes.")
     do_ap_corr: bool = doc_field(True, "Measure and apply aperture corrections (doApCorr).")
+    do_astrometry: bool = doc_field(True, "Fit the WCS when an astrometric catalogue is given (doAstrometry).")
+    require_astrometry: bool = doc_field(
+        False, "Fail the run when the astrometric fit fails (requireAstrometry); else warn and keep the header WCS."
+    )
     do_photo_cal: bool = doc_field(True, "Fit the zero point when a reference catalogue is given (doPhotoCal).")
     require_photo_cal: bool = doc_field(False, "Fail the run when the photometric calibration fails (requirePhotoCal).")
     psf_fwhm_guess_pix: float = doc_field(3.0, "PSF FWHM assumed before it is measured (pixels).")
@@ -100,6 +122,8 @@ class CalibrationResult:
         The background model that was subtracted (calexpBackground).
     psf : PsfResult or None
         The fitted PSF model and its star selection; None when not fitted.
+    astrometry : AstrometryResult or None
+        The astrometric fit (new WCS, matches with residuals); None when not run.
     apcorr : ApCorrMap or None
         Aperture corrections applied to the catalogue; None when not measured.
     sources : astropy.table.Table
@@ -120,6 +144,7 @@ class CalibrationResult:
     background: BackgroundModel
     psf: PsfResult | None
     apcorr: ApCorrMap | None
+    astrometry: AstrometryResult | None
     sources: Table
     photom_matches: Table | None
     metadata: dict[str, Any]
@@ -171,6 +196,7 @@ def calibrate(
     exposure: Exposure,
     config: CalibrateConfig | None = None,
     *,
+    astrom_refcat: ReferenceCatalog | None = None,
     photom_refcat: ReferenceCatalog | None = None,
     progress: ProgressCallback | None = None,
 ) -> CalibrationResult:
@@ -182,8 +208,11 @@ def calibrate(
         The exposure as read; it is not modified (a copy is calibrated).
     config : CalibrateConfig, optional
         Defaults when None.
+    astrom_refcat : ReferenceCatalog, optional
+        Astrometric reference catalogue; without it the header WCS is kept.
     photom_refcat : ReferenceCatalog, optional
         Photometric reference catalogue; without it no zero point is fitted.
+        May be the same object as ``astrom_refcat``.
     progress : callable, optional
         ``progress(stage, fraction_of_whole_run)``; it may raise
         :class:`~calibration.errors.CancelledError` to stop the run.
@@ -281,7 +310,6 @@ def calibrate(
         "N_SOURCES": int(np.count_nonzero(~_sky_mask(sources))),
         "N_CR_PIXELS": int(getattr(cr, "n_pixels", 0)),
         "SKY_NOISE_ADU": None if sky_noise is None else float(sky_noise.per_pixel_rms_adu),
-        "ASTROMETRY": "header WCS kept (astrometric fit not implemented yet)",
     }
     if psf_result is not None:
         metadata.update(psf_result.to_metadata())
@@ -291,6 +319,37 @@ def calibrate(
     if scale is not None:
         metadata["PIXEL_SCALE_ARCSEC"] = scale
         metadata["PSF_FWHM_ARCSEC"] = fwhm_pix * scale
+
+    astrom = None
+    with clock.stage("astrometry"):
+        if not config.do_astrometry:
+            warnings.append("astrometric fit disabled (do_astrometry=false): header WCS kept")
+        elif astrom_refcat is None:
+            warnings.append("no astrometric reference catalogue given: header WCS kept")
+        elif exposure.wcs is None:
+            if config.require_astrometry:
+                raise AstrometryError("the exposure has no WCS to start the astrometric match from; add one "
+                                      "(CRVAL/CRPIX/CD) or solve it with astrometry.net first", stage="astrometry")
+            warnings.append("the exposure has no WCS: no astrometric fit")
+        else:
+            try:
+                astrom = fit_astrometry(sources, astrom_refcat, exposure.wcs, exposure.shape, config.astrometry,
+                                        ref_band=_band(config, exposure, astrom_refcat),
+                                        seed=int(exposure.info.exposure_id))
+            except AstrometryError as exc:
+                if config.require_astrometry:
+                    raise
+                warnings.append(f"astrometric fit failed, header WCS kept: {exc.message}")
+                log.warning("astrometric fit failed: %s", exc.message)
+        if astrom is not None:
+            exposure.wcs = astrom.wcs
+            warnings.extend(astrom.warnings)
+            metadata.update(astrom.metadata)
+            metadata["N_ASTROM_MATCHES"] = int(astrom.metadata.get("ASTROM_N_MATCHES", len(astrom.matches)))
+            metadata["ASTROMETRY"] = f"TAN-SIP fit, order {astrom.metadata.get('ASTROM_SIP_ORDER')}"
+        else:
+            metadata["ASTROMETRY"] = "header WCS kept" if exposure.wcs is not None else "no WCS"
+        _set_sky_coords(sources, exposure)
 
     photom_matches = None
     with clock.stage("photocal"):
@@ -320,6 +379,7 @@ def calibrate(
         background=background,
         psf=psf_result,
         apcorr=apcorr,
+        astrometry=astrom,
         sources=sources,
         photom_matches=photom_matches,
         metadata=metadata,
@@ -354,6 +414,26 @@ def estimate_fwhm_pix(catalog: Table, *, default: float) -> float:
     # Stars populate the small-size end; galaxies and blends the tail.
     fwhm = 2.3548 * float(np.percentile(sigma, 30))
     return fwhm if math.isfinite(fwhm) and fwhm > 0.5 else default
+
+
+def _band(config: CalibrateConfig, exposure: Exposure, refcat: ReferenceCatalog) -> str | None:
+    band = config.photocal.colorterm_primary or config.reference_band or (exposure.info.filter_name or "")
+    return band if band in refcat.bands else None
+
+
+def _set_sky_coords(sources: Table, exposure: Exposure) -> None:
+    """coord_ra / coord_dec (deg) of every source through the exposure's (new) WCS."""
+    if exposure.wcs is None:
+        sources["coord_ra"] = np.full(len(sources), np.nan)
+        sources["coord_dec"] = np.full(len(sources), np.nan)
+    else:
+        ra, dec = exposure.wcs.all_pix2world(np.asarray(sources["x"], float), np.asarray(sources["y"], float), 0)
+        sources["coord_ra"] = np.mod(ra, 360.0)
+        sources["coord_dec"] = dec
+    sources["coord_ra"].unit = "deg"
+    sources["coord_ra"].description = "Right ascension (ICRS) through the calibrated WCS"
+    sources["coord_dec"].unit = "deg"
+    sources["coord_dec"].description = "Declination (ICRS) through the calibrated WCS"
 
 
 def _set_psf_flags(sources: Table, psf_result: PsfResult | None) -> None:

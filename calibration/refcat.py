@@ -360,6 +360,25 @@ Coverage = Callable[[float, float], dict[str, Any]]
 """Figures on where a catalogue lies relative to a sky position (for errors)."""
 
 
+#: Margin (pix) around the image when loading for an exposure: the header WCS may be
+#: 250 pix off, 1 deg rotated (~50 pix at a 4k corner) and 2% off in scale (~40 pix).
+EXPOSURE_MARGIN_PIX = 400.0
+
+
+def load_for_exposure(location: str | os.PathLike[str], exposure, *,
+                      margin_pix: float = EXPOSURE_MARGIN_PIX) -> ReferenceCatalog:
+    """The part of a catalogue an exposure can match, at the exposure's epoch.
+
+    Uses the header WCS with a margin wide enough for the astrometric matcher's
+    envelope; without a WCS the whole catalogue is read (a URL then fails with
+    a clear error). Proper motions are applied to ``exposure.info.mjd_obs``.
+    """
+    footprint = None
+    if exposure.wcs is not None:
+        footprint = ImageFootprint(exposure.wcs, exposure.shape, margin_pix=margin_pix)
+    return load_reference_catalog(location, footprint=footprint, epoch_mjd=exposure.info.mjd_obs)
+
+
 def _load_table(path: Path, cmap: ColumnMap | None) -> tuple[Table, dict[str, Any], str, Coverage]:
     try:
         raw = read_table(path)

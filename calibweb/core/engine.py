@@ -179,7 +179,7 @@ def _run_engine(run: CalibrationRun, progress: _Progress, workdir: Path):
     from calibration.io import read_exposure
     from calibration.outputs import write_outputs
     from calibration.pipeline import calibrate, config_from_json
-    from calibration.refcat import load_reference_catalog
+    from calibration.refcat import load_for_exposure
 
     progress("read", 0.0)
     t0 = time.perf_counter()
@@ -190,8 +190,8 @@ def _run_engine(run: CalibrationRun, progress: _Progress, workdir: Path):
     config = config_from_json(run.config_snapshot)
     refcat = None
     if run.refcat is not None:
-        refcat = load_reference_catalog(_refcat_path(run.refcat.location))
-    result = calibrate(exposure, config, photom_refcat=refcat, progress=progress)
+        refcat = load_for_exposure(_refcat_location(run.refcat.location), exposure)
+    result = calibrate(exposure, config, astrom_refcat=refcat, photom_refcat=refcat, progress=progress)
     progress("write", 0.95)
     t0 = time.perf_counter()
     files = write_outputs(result, workdir)
@@ -199,9 +199,12 @@ def _run_engine(run: CalibrationRun, progress: _Progress, workdir: Path):
     return result, files
 
 
-def _refcat_path(location: str) -> Path:
+def _refcat_location(location: str) -> str:
+    """A URL as given; a relative path under REFCAT_ROOT."""
+    if "://" in location:
+        return location
     path = Path(location)
-    return path if path.is_absolute() else Path(settings.REFCAT_ROOT) / path
+    return str(path if path.is_absolute() else Path(settings.REFCAT_ROOT) / path)
 
 
 def _num(value: Any) -> float | None:
