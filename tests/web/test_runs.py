@@ -55,10 +55,13 @@ def test_successful_run_stores_results_and_outputs(user, default_config, sim_fil
     assert run.magzero_rms is not None and 0 < run.magzero_rms < 0.01
     assert run.magzero_nobj >= 50
     assert run.n_sources >= 150  # completeness is an engine truth test
-    assert set(run.timings) >= {"background", "detection", "psf", "measurement", "apcorr", "photocal"}
+    assert set(run.timings) >= {"background", "detection", "psf", "measurement", "apcorr", "astrometry", "photocal"}
+    assert run.astrom_offset_mean_arcsec is not None and run.astrom_offset_mean_arcsec < 0.1
+    assert run.n_astrom_matches > 50 and "RA---TAN-SIP" in run.wcs_header
     names = set(run.outputs.values_list("name", flat=True))
     assert {"calexp.fits", "calexpBackground.fits", "psf.fits", "apCorr.fits", "src.fits", "src.parquet", "src.csv", "metadata.json",
-            "srcMatch.fits", "srcMatchFull.fits"} <= names
+            "srcMatch.fits", "srcMatchFull.fits", "astromMatch.fits", "astromMatchFull.parquet", "wcs.fits",
+            "wcs_tpv.fits"} <= names
     for output in run.outputs.all():
         assert Path(output.file.path).stat().st_size == output.size_bytes > 0
     # The stored models are standard FITS files that rebuild the engine's objects.
