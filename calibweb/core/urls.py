@@ -14,5 +14,8 @@ urlpatterns = [
     path("runs/<int:pk>/cancel/", views.run_cancel, name="run-cancel"),
     path("runs/<int:pk>/rerun/", views.run_rerun, name="run-rerun"),
     path("runs/<int:pk>/outputs/<str:name>", views.output_download, name="output-download"),
+    path("runs/<int:pk>/diagnostics/<slug:section>.json", views.run_diagnostics_item, name="run-diagnostics-item"),
+    path("runs/<int:pk>/diagnostics/<slug:name>.csv", views.run_diagnostics_csv, name="run-diagnostics-csv"),
+    path("runs/<int:pk>/report.html", views.run_report, name="run-report"),
     path("healthz", views.healthz, name="healthz"),
 ]

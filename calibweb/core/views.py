@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
+
 from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
-from django.http import FileResponse, HttpRequest, HttpResponse, JsonResponse
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
-from . import services
+from . import diagnostics, plots, services
 from .forms import RerunForm, RunForm
 from .models import RunStatus
 from .selectors import exposures_visible, runs_visible
@@ -104,10 +106,67 @@ def run_list(request: HttpRequest) -> HttpResponse:
 @require_GET
 def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
     run = get_object_or_404(runs_visible(request.user), pk=pk)
-    return render(request, "core/run_detail.html", {
-        "run": run, "outputs": run.outputs.all(), "rerun_form": RerunForm(initial={"config": run.config_id}),
+    outputs = run.outputs.all()
+    context = {
+        "run": run, "outputs": outputs, "rerun_form": RerunForm(initial={"config": run.config_id}),
         "timings": sorted(run.timings.items(), key=lambda kv: -kv[1]) if run.timings else [],
-    })
+    }
+    if run.status == RunStatus.SUCCEEDED:
+        files = diagnostics.RunFiles({o.name: o.file.path for o in outputs})
+        context["diagnostic_sections"] = diagnostics.page_sections(files)
+        context["qa_summary"] = diagnostics.run_summary_rows(files, metadata=run.metadata, timings_s=run.timings)
+    return render(request, "core/run_detail.html", context)
+
+
+def _succeeded_run(request: HttpRequest, pk: int):
+    """A run the user may see that has outputs (404 otherwise, as for a run of someone else)."""
+    return get_object_or_404(runs_visible(request.user), pk=pk, status=RunStatus.SUCCEEDED)
+
+
+@require_GET
+def run_diagnostics_item(request: HttpRequest, pk: int, section: str) -> HttpResponse:
+    """One diagnostics section as a Bokeh ``json_item`` (fetched by the run page)."""
+    run = _succeeded_run(request, pk)
+    if section not in plots.SECTION_LAYOUTS:
+        raise Http404(f"unknown diagnostics section {section!r}")
+    files = diagnostics.RunFiles.for_run(run)
+    try:
+        body = diagnostics.cached(
+            files, name=f"{section}.json", version=plots.VERSION,
+            build=lambda: json.dumps(plots.section_item(section, diagnostics.section_data(files, section)),
+                                     separators=(",", ":")).encode(),
+        )
+    except diagnostics.DiagnosticsUnavailable as exc:
+        return JsonResponse({"error": str(exc)}, status=404)
+    return HttpResponse(body, content_type="application/json")
+
+
+@require_GET
+def run_diagnostics_csv(request: HttpRequest, pk: int, name: str) -> HttpResponse:
+    """The data behind a plot as CSV (one dataset per name of ``diagnostics.DATASETS``)."""
+    run = _succeeded_run(request, pk)
+    try:
+        columns = diagnostics.dataset(diagnostics.RunFiles.for_run(run), name)
+    except diagnostics.DiagnosticsUnavailable as exc:
+        raise Http404(str(exc)) from exc
+    response = HttpResponse(diagnostics.to_csv(columns), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="run{run.pk}_{name}.csv"'
+    return response
+
+
+@require_GET
+def run_report(request: HttpRequest, pk: int) -> HttpResponse:
+    """The run's full diagnostics as one self-contained HTML file (BokehJS inlined)."""
+    run = _succeeded_run(request, pk)
+    files = diagnostics.RunFiles.for_run(run)
+    html = diagnostics.cached(files, name="report.html", version=plots.VERSION, build=lambda: plots.run_report_html(
+        title=f"CalibWeb run #{run.pk}: exposure #{run.exposure_id} {run.exposure.original_filename}",
+        summary=diagnostics.run_summary_rows(files, metadata=run.metadata, timings_s=run.timings),
+        sections=diagnostics.all_section_data(files),
+    ).encode())
+    response = HttpResponse(html, content_type="text/html; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="run{run.pk}_report.html"'
+    return response
 
 
 @require_GET
