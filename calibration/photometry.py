@@ -194,6 +194,8 @@ def run_photocal(exposure: Exposure, sources: Table, refcat: ReferenceCatalog, c
         "COLORTERM3_ERR": fit.colorterm_c2_err,
         "COLORTERMS_FITTED": bool(pc.fit_colorterms),
         "PHOTOM_SCATTER_MAG": fit.scatter_mag,
+        "PHOTOM_CLIP_SIGMA_MAG": fit.clip_sigma_mag,
+        "PHOTOM_CLIP_NSIGMA": pc.n_sigma,
         "PHOTOM_RESERVED_SCATTER_MAG": fit.reserved_scatter_mag,
         "PHOTOM_RESERVED_BIAS_MAG": fit.reserved_bias_mag,
         "PHOTOM_N_RESERVED": int(fit.n_reserved),

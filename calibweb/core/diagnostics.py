@@ -679,7 +679,9 @@ def photometry_data(files: RunFiles, *, max_points: int | None = MAX_PLOTTED_ROW
     return photometry_summary(
         photometry_table(raw, band=band, flux_field=flux_field, colour_band=colour_band),
         band=band, colour_label=f"{band} - {colour_band}" if colour_band else "",
-        zero_point_mag=md.get("ZERO_POINT_MAG"), n_sigma=float(pc.get("n_sigma", 3.0)),
+        # inst mags here are of the calibration flux, without the total-flux factor
+        zero_point_mag=md.get("ZERO_POINT_MAG_CALIB_APERTURE", md.get("ZERO_POINT_MAG")),
+        n_sigma=float(pc.get("n_sigma", 3.0)),
         sigma_max_mag=pc.get("sigma_max_mag", 0.25), clip_sigma_mag=md.get("PHOTOM_CLIP_SIGMA_MAG"),
         scatter_mag=md.get("PHOTOM_SCATTER_MAG"), formal_error_mag=md.get("MAGZERO_RMS"), image_shape=shape,
         max_points=max_points,

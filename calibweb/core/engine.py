@@ -137,6 +137,10 @@ def execute_run(run_id: int, *, hostname: str | None = None) -> str:
     try:
         result, files = _run_engine(run, progress, workdir)
         _store_success(run, result, files)
+        # The run is done and visible; prebuild its diagnostics pages for the first visitor.
+        from . import reports
+
+        reports.warm(CalibrationRun.objects.get(pk=run.pk))
         return RunStatus.SUCCEEDED
     except CancelledError:
         log.info("run %s cancelled during %s", run_id, progress.last_stage)

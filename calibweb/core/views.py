@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 
 from django.conf import settings
 from django.contrib import messages
@@ -12,7 +11,7 @@ from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonRe
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
-from . import diagnostics, plots, services
+from . import diagnostics, plots, reports, services
 from .forms import RerunForm, RunForm
 from .models import RunStatus
 from .selectors import exposures_visible, runs_visible
@@ -131,11 +130,7 @@ def run_diagnostics_item(request: HttpRequest, pk: int, section: str) -> HttpRes
         raise Http404(f"unknown diagnostics section {section!r}")
     files = diagnostics.RunFiles.for_run(run)
     try:
-        body = diagnostics.cached(
-            files, name=f"{section}.json", version=plots.VERSION,
-            build=lambda: json.dumps(plots.section_item(section, diagnostics.section_data(files, section)),
-                                     separators=(",", ":")).encode(),
-        )
+        body = reports.section_item_bytes(files, section)
     except diagnostics.DiagnosticsUnavailable as exc:
         return JsonResponse({"error": str(exc)}, status=404)
     return HttpResponse(body, content_type="application/json")
