@@ -37,7 +37,7 @@ def config_to_dict(config: Any) -> dict[str, Any]:
         if dataclasses.is_dataclass(value):
             out[f.name] = config_to_dict(value)
         elif isinstance(value, tuple):
-            out[f.name] = list(value)
+            out[f.name] = [config_to_dict(v) if dataclasses.is_dataclass(v) else v for v in value]
         else:
             out[f.name] = value
     return out

@@ -40,6 +40,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from .configbase import doc_field
 from .errors import PhotometryError
+from .colorterms import ColortermEntry
 from .totalflux import TotalFluxConfig
 
 __all__ = ["PhotoCalConfig", "PhotoCalResult", "apply_colorterm", "colorterm_mag_err", "fit_zero_point"]
@@ -78,6 +79,11 @@ class PhotoCalConfig:
     colorterm_c2: float = doc_field(0.0, "Colour term quadratic coefficient (mag/mag^2); ignored when fitted.")
     fit_colorterms: bool = doc_field(False, "Fit c1 and c2 (c0 is absorbed in the zero point).")
     spatial_order: int = doc_field(0, "Zero point polynomial order over the field in normalised x, y (0-2).")
+    colorterm_library: tuple[ColortermEntry, ...] = doc_field(
+        (),
+        "Fixed colour terms per instrument/filter/catalogue (see calibration.colorterms); used when "
+        "colorterm_primary is not set and an entry matches.",
+    )
     total_flux: TotalFluxConfig = doc_field(
         TotalFluxConfig(), "Curve-of-growth correction from the calibration aperture to total flux."
     )
@@ -102,6 +108,8 @@ class PhotoCalConfig:
         if not self.flux_field:
             raise ValueError("flux_field must name a flux column")
         self.total_flux.validate()
+        for entry in self.colorterm_library:
+            entry.validate()
         if (self.fit_colorterms or self.colorterm_c1 or self.colorterm_c2) and not (
             self.colorterm_primary and self.colorterm_secondary
         ):

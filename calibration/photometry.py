@@ -21,6 +21,7 @@ from .exposure import Exposure
 from .match import match_sky
 from .photocal import apply_colorterm, colorterm_mag_err, fit_zero_point
 from .refcat import ReferenceCatalog
+from .colorterms import find_colorterm
 from .totalflux import measure_total_flux_correction
 
 STAGE = "photocal"
@@ -100,6 +101,18 @@ def _good_sources(sources: Table, flux_field: str, *, isolation_pix: float | Non
     return good
 
 
+def _with_library_colorterm(pc, exposure: Exposure, refcat: ReferenceCatalog):
+    """The photocal config with the library's colour term filled in, when one applies."""
+    if pc.colorterm_primary or not pc.colorterm_library:
+        return pc
+    entry = find_colorterm(pc.colorterm_library, instrument=exposure.info.instrument or "",
+                           filter_name=exposure.info.filter_name or "", refcat=refcat.name)
+    if entry is None or entry.primary not in refcat.bands or entry.secondary not in refcat.bands:
+        return pc
+    return dataclasses.replace(pc, colorterm_primary=entry.primary, colorterm_secondary=entry.secondary,
+                               colorterm_c0=entry.c0, colorterm_c1=entry.c1, colorterm_c2=entry.c2)
+
+
 def run_photocal(exposure: Exposure, sources: Table, refcat: ReferenceCatalog, config, *, seed: int,
                  fallback_flux_field: str | None = None, calibration_flux: str | None = None) -> PhotometryResult:
     """Fit the zero point of ``sources`` against ``refcat``.
@@ -112,7 +125,7 @@ def run_photocal(exposure: Exposure, sources: Table, refcat: ReferenceCatalog, c
     (:mod:`calibration.totalflux`), makes the zero point refer to total flux.
     Raises PhotometryError with figures when it cannot.
     """
-    pc = config.photocal
+    pc = _with_library_colorterm(config.photocal, exposure, refcat)
     if exposure.wcs is None:
         raise PhotometryError("the exposure has no WCS, so sources cannot be matched to the reference catalogue",
                               stage=STAGE)
@@ -193,6 +206,7 @@ def run_photocal(exposure: Exposure, sources: Table, refcat: ReferenceCatalog, c
         "COLORTERM2_ERR": fit.colorterm_c1_err,
         "COLORTERM3_ERR": fit.colorterm_c2_err,
         "COLORTERMS_FITTED": bool(pc.fit_colorterms),
+        "COLORTERM_BANDS": f"{pc.colorterm_primary}-{pc.colorterm_secondary}" if pc.colorterm_secondary else "",
         "PHOTOM_SCATTER_MAG": fit.scatter_mag,
         "PHOTOM_CLIP_SIGMA_MAG": fit.clip_sigma_mag,
         "PHOTOM_CLIP_NSIGMA": pc.n_sigma,
