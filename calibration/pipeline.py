@@ -99,6 +99,11 @@ class CalibrateConfig:
     require_photo_cal: bool = doc_field(False, "Fail the run when the photometric calibration fails (requirePhotoCal).")
     psf_fwhm_guess_pix: float = doc_field(3.0, "PSF FWHM assumed before it is measured (pixels).")
     reference_band: str = doc_field("", "Reference-catalogue band for the zero point; empty: the exposure's filter.")
+    ic_source_fields_to_copy: tuple[str, ...] = doc_field(
+        ("calib_psf_candidate", "calib_psf_used", "calib_psf_reserved"),
+        "Fields copied from a given characterisation catalogue (icSourceFieldsToCopy).",
+    )
+    match_radius_pix: float = doc_field(3.0, "Match radius (pix) of that copy (matchRadiusPix).")
 
     def validate(self) -> None:
         if not 0.5 <= self.psf_fwhm_guess_pix <= 50:
@@ -198,6 +203,7 @@ def calibrate(
     *,
     astrom_refcat: ReferenceCatalog | None = None,
     photom_refcat: ReferenceCatalog | None = None,
+    ic_source_cat: Table | None = None,
     progress: ProgressCallback | None = None,
 ) -> CalibrationResult:
     """Calibrate an exposure: background, detection, measurement, zero point.
@@ -213,6 +219,10 @@ def calibrate(
     photom_refcat : ReferenceCatalog, optional
         Photometric reference catalogue; without it no zero point is fitted.
         May be the same object as ``astrom_refcat``.
+    ic_source_cat : astropy.table.Table, optional
+        A characterisation catalogue (icSrc) from elsewhere: its
+        ``ic_source_fields_to_copy`` replace ours on the sources within
+        ``match_radius_pix`` (CalibrateTask.copyIcSourceFields).
     progress : callable, optional
         ``progress(stage, fraction_of_whole_run)``; it may raise
         :class:`~calibration.errors.CancelledError` to stop the run.
@@ -285,6 +295,9 @@ def calibrate(
             psf_fwhm_pix=fwhm_pix,
         )
         _set_psf_flags(sources, psf_result)
+        if ic_source_cat is not None:
+            copy_ic_source_fields(sources, ic_source_cat, config.ic_source_fields_to_copy,
+                                  radius_pix=config.match_radius_pix)
 
     apcorr = None
     with clock.stage("apcorr"):
@@ -434,6 +447,36 @@ def _set_sky_coords(sources: Table, exposure: Exposure) -> None:
     sources["coord_ra"].description = "Right ascension (ICRS) through the calibrated WCS"
     sources["coord_dec"].unit = "deg"
     sources["coord_dec"].description = "Declination (ICRS) through the calibrated WCS"
+
+
+def copy_ic_source_fields(sources: Table, ic_sources: Table, fields: tuple[str, ...], *, radius_pix: float) -> None:
+    """Copy ``fields`` from the nearest ``ic_sources`` row within ``radius_pix`` (in place).
+
+    Sources with no such neighbour get False / NaN / 0; a field missing from
+    ``ic_sources`` raises ConfigError naming it.
+    """
+    from scipy.spatial import cKDTree
+
+    missing = [f for f in fields if f not in ic_sources.colnames]
+    if missing:
+        raise ConfigError(f"ic_source_cat has no column(s) {', '.join(missing)} named in ic_source_fields_to_copy",
+                          stage="measurement", missing=missing)
+    n = len(sources)
+    matched = np.zeros(n, bool)
+    index = np.zeros(n, np.int64)
+    if len(ic_sources) and n:
+        tree = cKDTree(np.column_stack([np.asarray(ic_sources["x"], float), np.asarray(ic_sources["y"], float)]))
+        dist, idx = tree.query(np.column_stack([np.asarray(sources["x"], float), np.asarray(sources["y"], float)]),
+                               distance_upper_bound=radius_pix)
+        matched = np.isfinite(dist)
+        index = np.where(matched, idx, 0)
+    for name in fields:
+        values = np.asarray(ic_sources[name])
+        fill = False if values.dtype.kind == "b" else np.nan if values.dtype.kind == "f" else 0
+        out = np.full(n, fill, dtype=values.dtype)
+        if len(ic_sources):
+            out[matched] = values[index[matched]]
+        sources[name] = out
 
 
 def _set_psf_flags(sources: Table, psf_result: PsfResult | None) -> None:
