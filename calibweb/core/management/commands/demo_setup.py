@@ -56,7 +56,9 @@ class Command(BaseCommand):
     def _demo_data(self, user) -> None:
         from calibration.testing import SimConfig, make_reference_catalog, simulate_exposure, write_fits, write_reference_catalog
 
-        sim = simulate_exposure(SimConfig(shape=(1024, 1024), n_stars=800, seed=DEMO_SEED))
+        # The header WCS is off by a few tens of pixels, as real headers are: the astrometric fit corrects it.
+        sim = simulate_exposure(SimConfig(shape=(1024, 1024), n_stars=800, seed=DEMO_SEED,
+                                          header_offset_pix=(25.0, -15.0), header_rotation_deg=0.2))
         refcat_dir = Path(settings.REFCAT_ROOT)
         refcat_dir.mkdir(parents=True, exist_ok=True)
         ref_path = refcat_dir / "demo_simulated.parquet"
@@ -76,5 +78,8 @@ class Command(BaseCommand):
             path = Path(tmp) / "demo_simulated_r.fits"
             write_fits(sim, path)
             upload = SimpleUploadedFile(path.name, path.read_bytes(), content_type="application/fits")
-            services.exposure_create(user=user, uploaded_file=upload)
-        self.stdout.write("demo exposure and reference catalogue created (SIMULATED)")
+            exposure = services.exposure_create(user=user, uploaded_file=upload).exposure
+        # A first run, queued now, so the worker has results to show when the page opens.
+        services.run_create(user=user, exposure=exposure, config=CalibrationConfig.objects.get(is_default=True),
+                            refcat=ReferenceCatalog.objects.get(name="demo-simulated"))
+        self.stdout.write("demo exposure and reference catalogue created (SIMULATED); a first run is queued")
