@@ -21,12 +21,17 @@ from calibration.testing import SimConfig, make_reference_catalog, simulate_expo
 
 REF_MAG_ERR = 0.01
 COLOUR_TERM = (0.0, 0.08, -0.03)  # c0 is degenerate with the zero point
+# sip_terms(3) order: (2,0) (1,1) (0,2) (3,0) (2,1) (1,2) (0,3); u, v up to 1024 pix from CRPIX
+SIP_A = (3e-6, 0.0, 1e-6, 1.5e-9, 0.0, 0.0, 0.0)
+SIP_B = (0.0, 2e-6, 0.0, 0.0, 0.0, 0.0, 1.5e-9)
 
 
 @pytest.fixture(scope="module")
 def field(tmp_path_factory):
     cfg = SimConfig(shape=(2048, 2048), n_stars=2000, mag_range=(15.0, 20.0), count_slope_dex_per_mag=0.15,
                     n_galaxies=40, n_saturated_stars=4, n_cosmic_rays=80, pixel_scale_arcsec=0.2,
+                    # SIP distortion of ~5 pix at the corners (order 3), absent from the header
+                    sip_a=SIP_A, sip_b=SIP_B,
                     header_offset_pix=(60.0, -40.0), header_rotation_deg=0.5, header_scale_fraction=0.01,
                     header_sip=False, seed=21)
     sim = simulate_exposure(cfg)
@@ -48,6 +53,9 @@ def _true_magzero(sim) -> float:
 
 def test_fitted_wcs_matches_the_truth_over_the_field(field, result):
     sim, _ = field
+    corner = sim.true_wcs.sip.pix2foc(np.array([[0.0, 0.0]]), 0) - sim.true_wcs.wcs.crpix + 1.0 - (
+        np.array([[0.0, 0.0]]) - sim.true_wcs.wcs.crpix + 1.0)
+    assert np.hypot(*corner[0]) > 4.0  # the distortion to fit: several pixels at a corner
     assert result.astrometry is not None, result.warnings
     ny, nx = sim.exposure.shape
     y, x = np.mgrid[0:ny:32, 0:nx:32].reshape(2, -1).astype(float)
