@@ -8,12 +8,15 @@ For every case the script
    writes it to a FITS file in a temporary directory;
 2. runs ``read_exposure`` + ``calibrate(do_photo_cal=False, no refcat)`` +
    ``write_outputs`` in a fresh Python subprocess (so the peak RSS belongs to
-   that one run) and records the wall time of every stage, the peak RSS
+   that one run) and records the wall and CPU time of every stage (read,
+   the stages of ``CalibrationResult.timings_s`` including psf and apcorr,
+   write), the peak RSS
    (absolute and minus the peak after the imports) and the CPU time. The peak
    is the child's ``VmHWM`` (equal to its ``ru_maxrss``, also recorded, now that
    the benchmark process itself stays small: the simulation runs in its own
    subprocess, because Linux carries a parent's RSS over fork+exec into the
-   child's ``ru_maxrss``);
+   child's ``ru_maxrss``); then runs the same child again under tracemalloc
+   for the peak of the traced (numpy and Python) allocations;
 3. runs SExtractor (Debian ``source-extractor``, ``-NTHREADS 1``) on the same
    file with a comparable configuration (see :func:`sextractor_config`), twice:
    at ``DETECT_THRESH 5`` (the same number as the engine's ``threshold_sigma``)
@@ -119,10 +122,19 @@ def proc_status_mb(*keys: str) -> dict[str, float | None]:
     return out
 
 
-def child_main(fits_path: str, outdir: str) -> None:
-    """Run part 1 on one file; print one JSON line with the figures."""
+def child_main(fits_path: str, outdir: str, trace: bool = False) -> None:
+    """Run part 1 on one file; print one JSON line with the figures.
+
+    With ``trace`` the run is made under :mod:`tracemalloc` (numpy reports its
+    array buffers to it) and only the memory figures count: tracing slows the
+    interpreter, so the benchmark takes its times from an untraced run.
+    """
     import resource
 
+    if trace:
+        import tracemalloc
+
+        tracemalloc.start()
     t_start = time.perf_counter()
     from calibration.io import read_exposure
     from calibration.outputs import write_outputs
@@ -136,25 +148,47 @@ def child_main(fits_path: str, outdir: str) -> None:
     out: dict = {"ok": False, "import_s": import_s, "ru_maxrss_baseline_mb": baseline_kb / 1024.0,
                  "baseline_rss_mb": base["VmHWM"] if base["VmHWM"] is not None else baseline_kb / 1024.0,
                  "rss_after_imports_mb": base["VmRSS"]}
+    if trace:
+        tracemalloc.reset_peak()
+        out["tracemalloc_baseline_mb"] = tracemalloc.get_traced_memory()[0] / 2**20
+    cpu: dict[str, float] = {}
+    hwm: dict[str, float | None] = {}
+    last: list = [None, 0.0]
+
+    def progress(stage_name: str, _fraction: float) -> None:
+        # calibrate() reports each stage at its start and at its end.
+        now = time.process_time()
+        if last[0] == stage_name:
+            cpu[stage_name] = cpu.get(stage_name, 0.0) + now - last[1]
+            hwm[stage_name] = proc_status_mb("VmHWM")["VmHWM"]
+        last[0], last[1] = stage_name, now
+
     stage = "read"
     try:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         exposure = read_exposure(fits_path)
         out["read_s"] = time.perf_counter() - t0
+        cpu["read"] = time.process_time() - c0
+        hwm["read"] = proc_status_mb("VmHWM")["VmHWM"]
         out["image_shape"] = list(exposure.image.shape)
         stage = "calibrate"
         config = CalibrateConfig(do_photo_cal=False)
         out["min_pixels"] = config.detection.min_pixels
         out["threshold_sigma"] = config.detection.threshold_sigma
         t0 = time.perf_counter()
-        result = calibrate(exposure, config, photom_refcat=None)
+        result = calibrate(exposure, config, photom_refcat=None, progress=progress)
         out["calibrate_s"] = time.perf_counter() - t0
         out["stages_s"] = {k: v for k, v in result.timings_s.items() if k != "read"}
         del exposure
         stage = "write"
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         files = write_outputs(result, Path(outdir))
         out["write_s"] = time.perf_counter() - t0
+        cpu["write"] = time.process_time() - c0
+        hwm["write"] = proc_status_mb("VmHWM")["VmHWM"]
+        out["stages_cpu_s"] = cpu
+        out["total_cpu_s"] = sum(cpu.values())
+        out["vmhwm_after_stage_mb"] = hwm
         out["output_mb"] = sum(f.path.stat().st_size for f in files) / 2**20
         src = result.sources
         sky = np.asarray(src["sky_source"], bool) if "sky_source" in src.colnames else np.zeros(len(src), bool)
@@ -168,6 +202,9 @@ def child_main(fits_path: str, outdir: str) -> None:
         out["ok"] = True
     except Exception as exc:  # report, never crash the benchmark
         out["error"] = f"{stage}: {type(exc).__name__}: {exc}"
+    if trace:
+        out["tracemalloc_peak_mb"] = tracemalloc.get_traced_memory()[1] / 2**20
+        tracemalloc.stop()
     out["ru_maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     peak = proc_status_mb("VmHWM")["VmHWM"]
     out["peak_rss_mb"] = peak if peak is not None else out["ru_maxrss_mb"]
@@ -351,8 +388,9 @@ def run_sextractor(binary: str, sex: Path, fits_path: Path, workdir: Path, thres
     return out
 
 
-def run_engine(fits_path: Path, outdir: Path) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--_child", str(fits_path), str(outdir)]
+def run_engine(fits_path: Path, outdir: Path, *, trace: bool = False) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--_trace" if trace else "--_child", str(fits_path),
+           str(outdir)]
     rc, stdout, stderr, wall, ru = run_reaped(cmd, cwd=str(ROOT), env=_child_env())
     out = _bench_json(stdout)
     if out is None:
@@ -422,20 +460,38 @@ def fmt(v, spec=".2f", width=0):
     return s.rjust(width) if width else s
 
 
+#: Stages of part 1 in pipeline order (stages that are always skipped here, such as
+#: photocal and astrometry without a reference catalogue, are left out of the tables).
+PART1_STAGES = ("read", "background", "cosmic_rays", "detection", "sky_sources", "psf", "measurement",
+                "apcorr", "write")
+
+
+def _stage_value(e: dict, name: str, cpu: bool) -> float | None:
+    if cpu:
+        return (e.get("stages_cpu_s") or {}).get(name)
+    if name in ("read", "write"):
+        return e.get(f"{name}_s")
+    return e["stages_s"].get(name)
+
+
 def print_report(results: list[dict], report: dict) -> None:
-    stage_names = ["read", "background", "cosmic_rays", "detection", "sky_sources", "measurement", "write"]
-    print("\nEngine part 1, wall time per stage (s)")
-    head = f"{'case':<22}" + "".join(f"{s[:11]:>12}" for s in stage_names) + f"{'total':>9}{'process':>9}"
-    print(head)
-    print("-" * len(head))
-    for r in results:
-        e = r["engine"]
-        if not e.get("ok"):
-            print(f"{r['case']['name']:<22}  FAILED: {e.get('error')}")
-            continue
-        vals = [e.get("read_s")] + [e["stages_s"].get(s) for s in stage_names[1:-1]] + [e.get("write_s")]
-        print(f"{r['case']['name']:<22}" + "".join(fmt(v, ".2f", 12) for v in vals)
-              + fmt(e["total_s"], ".2f", 9) + fmt(e["process_wall_s"], ".2f", 9))
+    stage_names = list(PART1_STAGES)
+    for cpu in (False, True):
+        print(f"\nEngine part 1, {'CPU' if cpu else 'wall'} time per stage (s)")
+        head = f"{'case':<22}" + "".join(f"{s[:11]:>12}" for s in stage_names) + f"{'total':>9}"
+        head += "" if cpu else f"{'process':>9}"
+        print(head)
+        print("-" * len(head))
+        for r in results:
+            e = r["engine"]
+            if not e.get("ok"):
+                print(f"{r['case']['name']:<22}  FAILED: {e.get('error')}")
+                continue
+            vals = [_stage_value(e, s, cpu) for s in stage_names]
+            line = f"{r['case']['name']:<22}" + "".join(fmt(v, ".2f", 12) for v in vals)
+            line += fmt(e.get("total_cpu_s"), ".2f", 9) if cpu else (
+                fmt(e["total_s"], ".2f", 9) + fmt(e["process_wall_s"], ".2f", 9))
+            print(line)
 
     print("\nEngine vs SExtractor (single thread) and peak memory")
     head = (f"{'case':<22}{'n_eng':>8}{'t_eng':>8}{'n_sx5':>8}{'t_sx5':>7}{'ratio5':>8}"
@@ -456,6 +512,13 @@ def print_report(results: list[dict], report: dict) -> None:
     print(f"  peakMB: peak RSS of the engine child (VmHWM); dMB: minus its post-import peak; sxMB: SExtractor peak RSS")
     print(f"  peak/img, d/img: peak RSS (absolute, minus post-import baseline) / image bytes "
           f"(requirement < {MAX_MEMORY_RATIO:g})")
+    traced = [r for r in results if r.get("tracemalloc_ratio") is not None]
+    if traced:
+        print("\nPeak of traced allocations (tracemalloc, second run of the engine child)")
+        for r in traced:
+            t = r["engine_traced"]
+            print(f"{r['case']['name']:<22}{fmt(t.get('tracemalloc_peak_mb'), '.0f', 8)} MB"
+                  f"{fmt(r['tracemalloc_ratio'], '.2f', 8)} x image")
 
     sc = report.get("scaling")
     if sc:
@@ -493,12 +556,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the FITS files and engine outputs")
     ap.add_argument("--out", default=None, help="JSON result file (default benchmarks/out/bench_part1_<mode>_<time>.json)")
     ap.add_argument("--report", metavar="JSON", help="print the tables of an earlier run's JSON and exit")
+    ap.add_argument("--no-tracemalloc", action="store_true",
+                    help="skip the second engine run per image under tracemalloc (peak of traced allocations)")
     ap.add_argument("--_child", nargs=2, metavar=("FITS", "OUTDIR"), help=argparse.SUPPRESS)
+    ap.add_argument("--_trace", nargs=2, metavar=("FITS", "OUTDIR"), help=argparse.SUPPRESS)
     ap.add_argument("--_simulate", nargs=3, metavar=("SIZE", "NSTARS", "PATH"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
     if args._child:
         child_main(*args._child)
+        return 0
+    if args._trace:
+        child_main(*args._trace, trace=True)
         return 0
     if args._simulate:
         simulate_main(*args._simulate)
@@ -587,6 +656,15 @@ def main(argv: list[str] | None = None) -> int:
             if not args.keep:
                 shutil.rmtree(outdir, ignore_errors=True)
             row: dict = {"case": dataclasses.asdict(case), "simulation": sim, "engine": eng}
+            if not args.no_tracemalloc:
+                traced = run_engine(fits_path, outdir, trace=True)
+                shutil.rmtree(outdir, ignore_errors=True)
+                row["engine_traced"] = {k: traced.get(k) for k in (
+                    "ok", "error", "tracemalloc_peak_mb", "tracemalloc_baseline_mb", "peak_rss_mb", "baseline_rss_mb")}
+                if traced.get("tracemalloc_peak_mb") is not None:
+                    row["tracemalloc_ratio"] = traced["tracemalloc_peak_mb"] * 2**20 / (case.size * case.size * 4)
+                    print(f"[{case.name}] tracemalloc peak {traced['tracemalloc_peak_mb']:.0f} MB "
+                          f"({row['tracemalloc_ratio']:.1f} x image)", flush=True)
             image_bytes = case.size * case.size * 4
             row["image_mb"] = image_bytes / 2**20
             if "peak_rss_mb" in eng:

@@ -25,7 +25,7 @@ from astropy.io import fits
 
 from .configbase import config_from_dict, doc_field
 from .errors import BadExposureError, ConfigError
-from .exposure import Exposure, MaskPlane
+from .exposure import Exposure, MaskPlane, planes_set
 
 __all__ = [
     "BackgroundConfig",
@@ -96,15 +96,20 @@ class BackgroundConfig:
         plane_bits(self.mask_planes)
 
 
-@dataclasses.dataclass
 class BackgroundModel:
     """A fitted sky background (the engine's ``calexpBackground``).
+
+    The model is kept as sep's box mesh and spline: the full-resolution planes
+    are evaluated when asked for (about 40 ms each on 4096 x 4096), so that a
+    calibration does not hold two extra image-sized planes. A model read back
+    from a file holds its planes as arrays.
 
     Attributes
     ----------
     level_image : ndarray of float32, shape (ny, nx)
         Sky level of every pixel (ADU), indexed ``[y, x]``: exactly what
-        :func:`subtract_background` subtracts.
+        :func:`subtract_background` subtracts. A new array on every access of
+        a fitted model.
     rms_image : ndarray of float32, shape (ny, nx)
         Sky noise of every pixel (ADU), the spline-interpolated box rms.
     mesh_level : ndarray of float32, shape (n_box_y, n_box_x)
@@ -121,18 +126,90 @@ class BackgroundModel:
         The configuration the model was estimated with.
     """
 
-    level_image: np.ndarray
-    rms_image: np.ndarray
-    mesh_level: np.ndarray
-    mesh_rms: np.ndarray
-    global_level_adu: float
-    global_rms_adu: float
-    config: BackgroundConfig
+    def __init__(
+        self,
+        *,
+        level_image: np.ndarray | None = None,
+        rms_image: np.ndarray | None = None,
+        mesh_level: np.ndarray | None = None,
+        mesh_rms: np.ndarray | None = None,
+        global_level_adu: float,
+        global_rms_adu: float,
+        config: BackgroundConfig,
+        sep_background: Any = None,
+        shape: tuple[int, int] | None = None,
+    ) -> None:
+        if sep_background is None and (level_image is None or rms_image is None):
+            raise ValueError("a BackgroundModel needs level_image and rms_image, or a sep background")
+        self._level = level_image
+        self._rms = rms_image
+        self._sep = sep_background
+        self._shape = tuple(shape) if shape is not None else tuple(level_image.shape)  # type: ignore[union-attr]
+        self.global_level_adu = float(global_level_adu)
+        self.global_rms_adu = float(global_rms_adu)
+        self.config = config
+        self._mesh_level = mesh_level
+        self._mesh_rms = mesh_rms
+
+    def __repr__(self) -> str:
+        return (f"BackgroundModel(shape={self.shape}, global_level_adu={self.global_level_adu:.6g}, "
+                f"global_rms_adu={self.global_rms_adu:.6g}, config={self.config!r})")
+
+    def __getstate__(self) -> dict[str, Any]:
+        # sep's Background cannot be pickled: keep its planes instead.
+        state = dict(self.__dict__)
+        if state["_sep"] is not None:
+            state["_level"], state["_rms"] = self.level_image, self.rms_image
+            state["_mesh_level"], state["_mesh_rms"] = self.mesh_level, self.mesh_rms
+            state["_sep"] = None
+        return state
 
     @property
     def shape(self) -> tuple[int, int]:
         """``(ny, nx)`` of the image the model was fitted to."""
-        return self.level_image.shape  # type: ignore[return-value]
+        return self._shape  # type: ignore[return-value]
+
+    @property
+    def level_image(self) -> np.ndarray:
+        """Full-resolution sky level (ADU, float32, ``[y, x]``)."""
+        if self._level is not None:
+            return self._level
+        return np.asarray(self._sep.back(dtype=np.float32))
+
+    @property
+    def rms_image(self) -> np.ndarray:
+        """Full-resolution sky rms (ADU, float32, ``[y, x]``)."""
+        if self._rms is not None:
+            return self._rms
+        return np.asarray(self._sep.rms(dtype=np.float32))
+
+    @property
+    def mesh_level(self) -> np.ndarray:
+        if self._mesh_level is None:
+            self._mesh_level = self._at_box_centres(self.level_image)
+        return self._mesh_level
+
+    @property
+    def mesh_rms(self) -> np.ndarray:
+        if self._mesh_rms is None:
+            self._mesh_rms = self._at_box_centres(self.rms_image)
+        return self._mesh_rms
+
+    def _at_box_centres(self, plane: np.ndarray) -> np.ndarray:
+        box = self.config.box_size_pix
+        rows, cols = _box_centres(self.shape[0], box), _box_centres(self.shape[1], box)
+        return plane[np.ix_(rows, cols)].copy()
+
+    def subtract_from(self, image: np.ndarray) -> None:
+        """Subtract the level from ``image`` (float32, ``[y, x]``) in place, without a temporary plane."""
+        if self._sep is not None and image.dtype == np.float32 and image.flags.c_contiguous:
+            self._sep.subfrom(image)
+        else:
+            image -= self.level_image
+
+    def add_to(self, image: np.ndarray) -> None:
+        """Add the level back to ``image`` in place (the inverse of :meth:`subtract_from`)."""
+        image += self.level_image
 
     def evaluate(self, shape: tuple[int, int] | None = None) -> np.ndarray:
         """Full-resolution sky level (ADU), a copy of :attr:`level_image`.
@@ -149,7 +226,7 @@ class BackgroundModel:
         """
         if shape is not None and tuple(shape) != self.shape:
             raise ValueError(f"background model is {self.shape}, asked for {tuple(shape)}")
-        return self.level_image.copy()
+        return self.level_image.copy() if self._level is not None else self.level_image
 
     def to_hdulist(self) -> fits.HDUList:
         """FITS form (``calexpBackground.fits``).
@@ -169,12 +246,17 @@ class BackgroundModel:
         hdr["BKGNX"] = (self.shape[1], "[pix] width of the fitted image")
         hdr["BKGNY"] = (self.shape[0], "[pix] height of the fitted image")
         hdr["COMMENT"] = "Sky background (sep/SExtractor). LEVEL is what was subtracted."
+        level, rms = self.level_image, self.rms_image
+        if self._mesh_level is None:
+            self._mesh_level = self._at_box_centres(level)
+        if self._mesh_rms is None:
+            self._mesh_rms = self._at_box_centres(rms)
         hdus = [primary]
         for name, data, what in (
             ("MESH_LEVEL", self.mesh_level, "model level at each box centre"),
             ("MESH_RMS", self.mesh_rms, "model rms at each box centre"),
-            ("LEVEL", self.level_image, "full-resolution sky level"),
-            ("RMS", self.rms_image, "full-resolution sky rms"),
+            ("LEVEL", level, "full-resolution sky level"),
+            ("RMS", rms, "full-resolution sky rms"),
         ):
             hdu = fits.ImageHDU(np.asarray(data, np.float32), name=name)
             hdu.header["BUNIT"] = "adu"
@@ -256,7 +338,7 @@ def estimate_background(
             image_shape=(ny, nx),
             box_size_pix=box,
         )
-    masked = (exposure.mask & plane_bits(config.mask_planes)) != 0
+    masked = planes_set(exposure.mask, plane_bits(config.mask_planes))
     n_good = int(masked.size - np.count_nonzero(masked))
     if n_good == 0:
         raise BadExposureError(
@@ -267,19 +349,11 @@ def estimate_background(
             mask_planes=list(config.mask_planes),
         )
     data = _native(exposure.image)
-    good_values = data[~masked]
-    if good_values.min() == good_values.max():
-        raise BadExposureError(
-            f"constant image, no noise: cannot set a detection threshold "
-            f"(every unmasked pixel is {float(good_values[0])} ADU)",
-            stage="background",
-            level_adu=float(good_values[0]),
-            n_good_pixels=n_good,
-        )
+    _refuse_constant(data, masked, n_good)
     try:
         bkg = sep.Background(
             data,
-            mask=np.ascontiguousarray(masked),
+            mask=masked,
             bw=box,
             bh=box,
             fw=config.filter_size_boxes,
@@ -293,9 +367,15 @@ def estimate_background(
             image_shape=(ny, nx),
             box_size_pix=box,
         ) from exc
-    level = np.asarray(bkg.back(dtype=np.float32))
-    rms = np.asarray(bkg.rms(dtype=np.float32))
-    if not np.any(rms > 0):
+    del masked
+    model = BackgroundModel(
+        global_level_adu=float(bkg.globalback),
+        global_rms_adu=float(bkg.globalrms),
+        config=config,
+        sep_background=bkg,
+        shape=(ny, nx),
+    )
+    if not model.global_rms_adu > 0 and not np.any(model.rms_image > 0):
         raise BadExposureError(
             "constant image, no noise: cannot set a detection threshold "
             "(the sky rms is zero in every box)",
@@ -303,19 +383,7 @@ def estimate_background(
             level_adu=float(bkg.globalback),
             n_good_pixels=n_good,
         )
-    rows = _box_centres(ny, box)
-    cols = _box_centres(nx, box)
-    mesh_level = level[np.ix_(rows, cols)].copy()
-    mesh_rms = rms[np.ix_(rows, cols)].copy()
-    return BackgroundModel(
-        level_image=level,
-        rms_image=rms,
-        mesh_level=mesh_level,
-        mesh_rms=mesh_rms,
-        global_level_adu=float(bkg.globalback),
-        global_rms_adu=float(bkg.globalrms),
-        config=config,
-    )
+    return model
 
 
 def subtract_background(exposure: Exposure, model: BackgroundModel) -> None:
@@ -333,7 +401,7 @@ def subtract_background(exposure: Exposure, model: BackgroundModel) -> None:
             model_shape=model.shape,
             image_shape=exposure.shape,
         )
-    exposure.image -= model.level_image
+    model.subtract_from(exposure.image)
 
 
 def _validate(config: BackgroundConfig) -> None:
@@ -356,3 +424,32 @@ def _native(array: np.ndarray) -> np.ndarray:
     """Native-endian, C-contiguous float32 view or copy (what sep accepts)."""
     arr = np.asarray(array)
     return np.ascontiguousarray(arr.astype(arr.dtype.newbyteorder("="), copy=False), dtype=np.float32)
+
+
+def _refuse_constant(data: np.ndarray, masked: np.ndarray, n_good: int) -> None:
+    """Raise BadExposureError when every unmasked pixel has the same value."""
+    sample, sample_masked = data[::16, ::16], masked[::16, ::16]
+    sample = sample[~sample_masked]
+    if sample.size and sample.min() != sample.max():
+        return  # a sparse grid already shows two values
+    low, high = _unmasked_range(data, masked)
+    if low == high:
+        raise BadExposureError(
+            f"constant image, no noise: cannot set a detection threshold "
+            f"(every unmasked pixel is {low} ADU)",
+            stage="background",
+            level_adu=low,
+            n_good_pixels=n_good,
+        )
+
+
+def _unmasked_range(data: np.ndarray, masked: np.ndarray) -> tuple[float, float]:
+    """Smallest and largest unmasked value, in blocks of rows (no copy of the pixels)."""
+    low, high = np.inf, -np.inf
+    for start in range(0, data.shape[0], 512):
+        rows = slice(start, start + 512)
+        good = ~masked[rows]
+        if good.any():
+            values = data[rows][good]
+            low, high = min(low, float(values.min())), max(high, float(values.max()))
+    return low, high

@@ -38,12 +38,13 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-from scipy import ndimage
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from .stats import row_median
 from .configbase import doc_field
 from .errors import BadExposureError, PsfError
-from .exposure import Exposure, MaskPlane
+from .exposure import MASK_DTYPE, Exposure, MaskPlane, planes_set
 
 __all__ = ["CosmicRayConfig", "CosmicRayResult", "find_and_repair_cosmic_rays"]
 
@@ -55,6 +56,8 @@ _PROTECTED = MaskPlane.SAT | MaskPlane.BAD | MaskPlane.NO_DATA
 _MAX_EXTRA_RINGS = 6
 #: Bound on the number of gathered values per chunk of the repair median.
 _CHUNK_ELEMENTS = 4_000_000
+#: Rows per block of the whole-image candidate search.
+_BLOCK_ROWS = 256
 _FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
 
 
@@ -182,32 +185,27 @@ def find_and_repair_cosmic_rays(
         )
 
     image = np.asarray(exposure.image, dtype=np.float32)
-    protected = (exposure.mask & int(_PROTECTED)) != 0
+    ny, nx = image.shape
     core = _find_candidates(
         image,
         exposure.variance,
-        protected,
+        exposure.mask,
         config,
         sigma_psf_pix=float(psf_fwhm_pix) * _FWHM_TO_SIGMA,
         background_rms_adu=float(background_rms_adu),
     )
-    if config.grow_pix > 0 and core.any():
-        flagged = ndimage.binary_dilation(
-            core, structure=np.ones((3, 3), bool), iterations=config.grow_pix
-        )
-        flagged &= ~protected
-    else:
-        flagged = core
-    n_pixels = int(flagged.sum())
-    n_usable = int((~protected).sum())
-    fraction = n_pixels / n_usable if n_usable else 0.0
+    flagged = _grow(core, (ny, nx), config.grow_pix)
+    flagged = flagged[(exposure.mask.ravel()[flagged] & int(_PROTECTED)) == 0]
+    n_pixels = int(flagged.size)
     if n_pixels == 0:
         return CosmicRayResult(fraction=0.0)
+    n_usable = int(image.size - np.count_nonzero(planes_set(exposure.mask, int(_PROTECTED))))
+    fraction = n_pixels / n_usable if n_usable else 0.0
 
-    _, n_events = ndimage.label(flagged, structure=np.ones((3, 3), bool))
-    repaired = _repair(exposure, flagged, flagged | protected, first_radius=config.grow_pix + 1)
-    exposure.mask[flagged] |= MaskPlane.CR
-    exposure.mask[repaired] |= MaskPlane.INTRP
+    n_events = _count_groups(flagged, (ny, nx))
+    repaired = _repair(exposure, flagged, first_radius=config.grow_pix + 1)
+    exposure.mask[np.divmod(flagged, nx)] |= MASK_DTYPE(MaskPlane.CR)
+    exposure.mask[np.divmod(repaired, nx)] |= MASK_DTYPE(MaskPlane.INTRP)
 
     warnings: tuple[str, ...] = ()
     too_many = fraction > config.max_fraction
@@ -220,94 +218,171 @@ def find_and_repair_cosmic_rays(
     return CosmicRayResult(
         n_pixels=n_pixels,
         n_cosmic_rays=int(n_events),
-        n_repaired=int(repaired.sum()),
+        n_repaired=int(repaired.size),
         fraction=float(fraction),
         too_many=bool(too_many),
         warnings=warnings,
     )
 
 
+#: The 8 neighbours of a pixel as (dy, dx).
+_RING = np.array([(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)])
+
+
 def _find_candidates(
     image: np.ndarray,
     variance: np.ndarray,
-    protected: np.ndarray,
+    mask: np.ndarray,
     config: CosmicRayConfig,
     *,
     sigma_psf_pix: float,
     background_rms_adu: float,
 ) -> np.ndarray:
-    """Boolean map of pixels passing the significance and sharpness tests."""
-    var = np.asarray(variance, dtype=np.float64)
-    var = np.where(np.isfinite(var), np.maximum(var, background_rms_adu**2), background_rms_adu**2)
-    img = image.astype(np.float64)
+    """Flat indices (sorted) of the pixels passing the significance and sharpness tests.
 
-    ring = np.ones((3, 3), bool)
-    ring[1, 1] = False
-    median8 = ndimage.median_filter(img, footprint=ring, mode="nearest")
-    noise = np.sqrt(var)
-    candidate = (img - median8 > config.n_sigma * noise) & ~protected
-    if not candidate.any():
-        return candidate
+    Only a necessary condition is evaluated on the whole image, in float32:
+    the median of the 8 neighbours is at least the minimum of the 3 x 3
+    window, and the noise is at least ``background_rms_adu``, so a candidate
+    has ``I - min3x3 > n_sigma * background_rms``. The exact tests (in
+    float64, borders as ``nearest``) run on those few pixels only.
+    """
+    ny, nx = image.shape
+    floor_var = background_rms_adu**2
+    # Necessary condition, with a margin for float32 rounding.
+    pre = _above_local_minimum(image, np.float32(config.n_sigma * background_rms_adu * (1 - 1e-4)))
+    if pre.size == 0:
+        return pre
+    pre = pre[(mask.ravel()[pre] & int(_PROTECTED)) == 0]
+    iy, ix = np.divmod(pre, nx)
+
+    def at(dy: int | np.ndarray, dx: int | np.ndarray, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+        """Flat indices of (yy + dy, xx + dx) clipped into the image (scipy's ``nearest``)."""
+        return np.clip(yy + dy, 0, ny - 1) * nx + np.clip(xx + dx, 0, nx - 1)
+
+    def eff_var(flat: np.ndarray) -> np.ndarray:
+        v = variance.ravel()[flat].astype(np.float64)
+        return np.where(np.isfinite(v), np.maximum(v, floor_var), floor_var)
+
+    img_flat = image.ravel()
+    value = img_flat[pre].astype(np.float64)
+    ring = img_flat[at(_RING[None, :, 0], _RING[None, :, 1], iy[:, None], ix[:, None])].astype(np.float64)
+    # scipy's median_filter over the 8-pixel ring returns the element of rank 4 (the upper median).
+    median8 = np.partition(ring, 4, axis=1)[:, 4]
+    noise = np.sqrt(eff_var(pre))
+    keep = value - median8 > config.n_sigma * noise
+    pre, iy, ix, value, noise = pre[keep], iy[keep], ix[keep], value[keep], noise[keep]
+    if pre.size == 0:
+        return pre
 
     k = config.contrast_noise_sigma
-    pad_img = np.pad(img, 1, mode="edge")
-    pad_var = np.pad(var, 1, mode="edge")
-    ny, nx = img.shape
-
-    def shifted(padded: np.ndarray, dy: int, dx: int) -> np.ndarray:
-        return padded[1 + dy : 1 + dy + ny, 1 + dx : 1 + dx + nx]
-
-    sharp = np.zeros_like(candidate)
-    lowered = img - k * noise
+    lowered = value - k * noise
+    sharp = np.zeros(pre.size, bool)
     for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1)):
         q = np.exp(-(dy * dy + dx * dx) / (2.0 * sigma_psf_pix**2))
-        pair_mean = 0.5 * (shifted(pad_img, dy, dx) + shifted(pad_img, -dy, -dx))
-        pair_noise = 0.5 * np.sqrt(shifted(pad_var, dy, dx) + shifted(pad_var, -dy, -dx))
+        plus, minus = at(dy, dx, iy, ix), at(-dy, -dx, iy, ix)
+        pair_mean = 0.5 * (img_flat[plus].astype(np.float64) + img_flat[minus])
+        pair_noise = 0.5 * np.sqrt(eff_var(plus) + eff_var(minus))
         sharp |= q * lowered > config.contrast * (pair_mean + k * pair_noise)
-    return candidate & sharp
+    return pre[sharp]
 
 
-def _repair(
-    exposure: Exposure, targets: np.ndarray, unusable: np.ndarray, *, first_radius: int
-) -> np.ndarray:
-    """Replace ``targets`` pixels by the median of usable pixels around them.
+def _above_local_minimum(image: np.ndarray, threshold: np.float32) -> np.ndarray:
+    """Flat indices of pixels exceeding the minimum of their 3 x 3 window by more than ``threshold``.
 
-    Windows are squares of half-size ``first_radius``, then one ring larger
-    for the pixels whose window held no usable pixel, up to
-    ``_MAX_EXTRA_RINGS`` more rings. Returns the map of repaired pixels.
+    Borders as scipy's ``nearest`` mode. Computed in blocks of rows with
+    shifted ``np.minimum`` (a few passes over the image, no image-sized
+    temporary).
+    """
+    ny, nx = image.shape
+    found = []
+    for start in range(0, ny, _BLOCK_ROWS):
+        stop = min(start + _BLOCK_ROWS, ny)
+        lo, hi = max(start - 1, 0), min(stop + 1, ny)
+        rows = image[lo:hi]
+        across = rows.copy()
+        if nx > 1:
+            np.minimum(across[:, 1:], rows[:, :-1], out=across[:, 1:])
+            np.minimum(across[:, :-1], rows[:, 1:], out=across[:, :-1])
+        # Vertical minimum of three rows of ``across`` (edge rows repeat themselves).
+        r = np.arange(start, stop)
+        out = np.minimum(across[r - lo], across[np.maximum(r - 1, 0) - lo])
+        np.minimum(out, across[np.minimum(r + 1, ny - 1) - lo], out=out)
+        np.subtract(image[start:stop], out, out=out)
+        hits = np.flatnonzero(out > threshold)
+        if hits.size:
+            found.append(hits + start * nx)
+    return np.concatenate(found) if found else np.zeros(0, np.int64)
+
+
+def _grow(core: np.ndarray, shape: tuple[int, int], grow_pix: int) -> np.ndarray:
+    """Sorted flat indices of ``core`` grown by a square of half-side ``grow_pix`` (inside the image)."""
+    if grow_pix <= 0 or core.size == 0:
+        return np.unique(core)
+    ny, nx = shape
+    dy, dx = (g.ravel() for g in np.mgrid[-grow_pix : grow_pix + 1, -grow_pix : grow_pix + 1])
+    iy, ix = np.divmod(core, nx)
+    yy, xx = iy[:, None] + dy[None, :], ix[:, None] + dx[None, :]
+    inside = (yy >= 0) & (yy < ny) & (xx >= 0) & (xx < nx)
+    return np.unique(yy[inside] * nx + xx[inside])
+
+
+def _count_groups(flagged: np.ndarray, shape: tuple[int, int]) -> int:
+    """Number of 8-connected groups among the sorted flat indices ``flagged``."""
+    ny, nx = shape
+    iy, ix = np.divmod(flagged, nx)
+    rows, cols = [], []
+    for dy, dx in ((0, 1), (1, -1), (1, 0), (1, 1)):  # forward half of the 8 neighbours
+        yy, xx = iy + dy, ix + dx
+        inside = (yy < ny) & (xx >= 0) & (xx < nx)
+        target = yy * nx + xx
+        pos = np.minimum(np.searchsorted(flagged, target), flagged.size - 1)
+        hit = inside & (flagged[pos] == target)
+        rows.append(np.flatnonzero(hit))
+        cols.append(pos[hit])
+    r, c = np.concatenate(rows), np.concatenate(cols)
+    graph = coo_matrix((np.ones(r.size, np.int8), (r, c)), shape=(flagged.size, flagged.size))
+    n, _ = connected_components(graph, directed=False)
+    return int(n)
+
+
+def _repair(exposure: Exposure, targets: np.ndarray, *, first_radius: int) -> np.ndarray:
+    """Replace the ``targets`` pixels (sorted flat indices) by the median of usable pixels around them.
+
+    Usable: inside the image, not a target, not SAT/BAD/NO_DATA, finite
+    variance. Windows are squares of half-size ``first_radius``, then one ring
+    larger for the pixels whose window held no usable pixel, up to
+    ``_MAX_EXTRA_RINGS`` more rings. Every median is taken from the values
+    before any replacement. Returns the flat indices of the repaired pixels.
     """
     ny, nx = exposure.shape
-    pad = first_radius + _MAX_EXTRA_RINGS
-    shape_p = (ny + 2 * pad, nx + 2 * pad)
-    img_p = np.zeros(shape_p, np.float32)
-    img_p[pad:-pad, pad:-pad] = exposure.image
-    var_p = np.zeros(shape_p, np.float32)
-    var_p[pad:-pad, pad:-pad] = exposure.variance
-    ok_p = np.zeros(shape_p, bool)
-    ok_p[pad:-pad, pad:-pad] = ~unusable & np.isfinite(exposure.variance)
-
-    yy, xx = np.nonzero(targets)
-    flat_centre = (yy + pad) * shape_p[1] + (xx + pad)
-    new_img = np.full(yy.size, np.nan, np.float32)
-    new_var = np.full(yy.size, np.nan, np.float32)
-    todo = np.arange(yy.size)
+    img_flat = exposure.image.ravel()
+    var_flat = exposure.variance.ravel()
+    mask_flat = exposure.mask.ravel()
+    yy, xx = np.divmod(targets, nx)
+    new_img = np.full(targets.size, np.nan, np.float32)
+    new_var = np.full(targets.size, np.nan, np.float32)
+    todo = np.arange(targets.size)
     for radius in range(first_radius, first_radius + _MAX_EXTRA_RINGS + 1):
         if todo.size == 0:
             break
-        dy, dx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
-        offsets = (dy * shape_p[1] + dx).ravel()
-        chunk = max(1, _CHUNK_ELEMENTS // offsets.size)
+        dy, dx = (g.ravel() for g in np.mgrid[-radius : radius + 1, -radius : radius + 1])
+        chunk = max(1, _CHUNK_ELEMENTS // dy.size)
         for start in range(0, todo.size, chunk):
             sel = todo[start : start + chunk]
-            idx = flat_centre[sel, None] + offsets[None, :]
-            ok = ok_p.ravel()[idx]
-            new_img[sel] = row_median(img_p.ravel()[idx], ok).astype(np.float32)
-            new_var[sel] = row_median(var_p.ravel()[idx], ok).astype(np.float32)
+            py, px = yy[sel, None] + dy[None, :], xx[sel, None] + dx[None, :]
+            inside = (py >= 0) & (py < ny) & (px >= 0) & (px < nx)
+            flat = np.where(inside, py * nx + px, 0)
+            pos = np.minimum(np.searchsorted(targets, flat), targets.size - 1)
+            var = var_flat[flat]
+            ok = (inside & (targets[pos] != flat) & ((mask_flat[flat] & int(_PROTECTED)) == 0)
+                  & np.isfinite(var))
+            new_img[sel] = row_median(img_flat[flat], ok).astype(np.float32)
+            new_var[sel] = row_median(var, ok).astype(np.float32)
         todo = todo[~np.isfinite(new_img[todo])]
 
     done = np.isfinite(new_img)
-    exposure.image[yy[done], xx[done]] = new_img[done]
-    exposure.variance[yy[done], xx[done]] = new_var[done]
-    repaired = np.zeros(targets.shape, bool)
-    repaired[yy[done], xx[done]] = True
+    repaired = targets[done]
+    where = np.divmod(repaired, nx)
+    exposure.image[where] = new_img[done]
+    exposure.variance[where] = new_var[done]
     return repaired

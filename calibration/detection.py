@@ -31,11 +31,10 @@ from .background import (
     BackgroundModel,
     estimate_background,
     plane_bits,
-    subtract_background,
 )
 from .configbase import doc_field
 from .errors import BadExposureError, CalibrationError, ConfigError, NoSourcesError
-from .exposure import MASK_DTYPE, Exposure, MaskPlane
+from .exposure import MASK_DTYPE, Exposure, MaskPlane, planes_set, release_free_memory
 
 __all__ = [
     "CrowdedFieldError",
@@ -43,6 +42,7 @@ __all__ = [
     "DetectionResult",
     "detect_and_refine_background",
     "detect_sources",
+    "refine_background",
     "gaussian_kernel",
 ]
 
@@ -76,8 +76,8 @@ class DetectionConfig:
     )
     reestimate_background: bool = doc_field(
         True,
-        "In detect_and_refine_background, re-estimate the background with the "
-        "footprints masked (DETECTED) and detect again.",
+        "In refine_background (and detect_and_refine_background), re-estimate the "
+        "background with the footprints of a first detection masked (DETECTED).",
     )
     clean: bool = doc_field(True, "Remove spurious detections in the wings of bright ones.")
     clean_param: float = doc_field(1.0, "Cleaning efficiency (SExtractor CLEAN_PARAM).")
@@ -117,9 +117,12 @@ class DetectionConfig:
         plane_bits(self.mask_planes)
 
 
-@dataclasses.dataclass
 class DetectionResult:
     """Output of :func:`detect_sources`.
+
+    The footprint maps are kept sparse (the footprint pixels and their ids);
+    :attr:`segmentation` and :attr:`deblend_segmentation` build the
+    image-sized int32 arrays on each access.
 
     Attributes
     ----------
@@ -145,20 +148,64 @@ class DetectionResult:
         Number of deblended children (rows with ``parent != 0``).
     """
 
-    catalog: Table
-    segmentation: np.ndarray
-    deblend_segmentation: np.ndarray
-    threshold_adu: float
-    threshold_sigma: float
-    smoothing_fwhm_pix: float
-    background_rms_adu: float
-    n_parents: int
-    n_children: int
+    def __init__(
+        self,
+        *,
+        catalog: Table,
+        shape: tuple[int, int],
+        footprints: tuple[np.ndarray, np.ndarray],
+        deblended: tuple[np.ndarray, np.ndarray],
+        threshold_adu: float,
+        threshold_sigma: float,
+        smoothing_fwhm_pix: float,
+        background_rms_adu: float,
+        n_parents: int,
+        n_children: int,
+    ) -> None:
+        self.catalog = catalog
+        self.shape = tuple(shape)
+        self._footprints = footprints
+        self._deblended = deblended
+        self.threshold_adu = threshold_adu
+        self.threshold_sigma = threshold_sigma
+        self.smoothing_fwhm_pix = smoothing_fwhm_pix
+        self.background_rms_adu = background_rms_adu
+        self.n_parents = n_parents
+        self.n_children = n_children
+
+    @property
+    def segmentation(self) -> np.ndarray:
+        return _dense(self._footprints, self.shape)
+
+    @property
+    def deblend_segmentation(self) -> np.ndarray:
+        return _dense(self._deblended, self.shape)
+
+    @property
+    def footprint_pixels(self) -> np.ndarray:
+        """Flat indices (``y * nx + x``, sorted) of every pixel in a top-level footprint."""
+        return self._footprints[0]
 
     @property
     def n_primary(self) -> int:
         """Number of primary rows (children and isolated sources)."""
         return int(np.count_nonzero(self.catalog["detect_isPrimary"]))
+
+
+def _dense(sparse: tuple[np.ndarray, np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
+    """Image-sized int32 map from ``(flat pixel indices, values)``; 0 elsewhere."""
+    out = np.zeros(shape, np.int32)
+    out.ravel()[sparse[0]] = sparse[1]
+    return out
+
+
+def _sparse(seg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(flat indices, values)`` of the non-zero pixels of a map, indices sorted."""
+    pix = np.flatnonzero(seg)
+    values = seg.ravel()[pix].astype(np.int32)
+    if seg.size < 2**31:  # int32 indices halve the memory of the maps
+        pix = pix.astype(np.int32)
+    return pix, values
 
 
 def gaussian_kernel(fwhm_pix: float) -> np.ndarray:
@@ -189,9 +236,11 @@ def detect_sources(
         Background-subtracted exposure (ADU, ``[y, x]``); its mask is updated.
     config : DetectionConfig, optional
         Threshold, filter and deblending settings (defaults if None).
-    background_rms_adu : float or ndarray of shape (ny, nx), optional
-        Per-pixel noise (ADU), e.g. ``BackgroundModel.rms_image``. None uses
-        a global robust rms (1.4826 MAD) of the unmasked pixels.
+    background_rms_adu : float, ndarray of shape (ny, nx) or BackgroundModel, optional
+        Per-pixel noise (ADU), e.g. ``BackgroundModel.rms_image``; a
+        :class:`~calibration.background.BackgroundModel` has its rms plane
+        evaluated for this call only. None uses a global robust rms (1.4826
+        MAD) of the unmasked pixels.
     psf_fwhm_pix : float, optional
         PSF FWHM (pix) for the filter when ``config.smoothing_fwhm_pix`` is None.
     max_sources : int, optional
@@ -220,43 +269,14 @@ def detect_sources(
     """
     config = config or DetectionConfig()
     _validate(config)
-    ny, nx = exposure.shape
-    fwhm = config.smoothing_fwhm_pix or psf_fwhm_pix or config.fallback_smoothing_fwhm_pix
-    kernel = gaussian_kernel(float(fwhm))
-    data = np.ascontiguousarray(exposure.image, dtype=np.float32)
-    masked = (exposure.mask & plane_bits(config.mask_planes)) != 0
-    err = _noise_image(data, masked, background_rms_adu)
-    bad_noise = ~(np.isfinite(err) & (err > 0))
-    masked |= bad_noise
-    if masked.all():
-        raise BadExposureError(
-            "every pixel is masked or has no usable noise value: nothing to detect on",
-            stage="detection",
-            n_pixels=int(masked.size),
-            n_bad_noise=int(np.count_nonzero(bad_noise)),
-        )
-    err[bad_noise] = 1.0
-    median_rms = float(np.median(err[~masked]))
-    # Noise of the filtered image per unit of pixel noise (unit-sum kernel).
-    filtered_noise_factor = float(np.sqrt(np.sum(kernel.astype(float) ** 2)))
+    fwhm = float(config.smoothing_fwhm_pix or psf_fwhm_pix or config.fallback_smoothing_fwhm_pix)
+    prep = _prepare(exposure, config, background_rms_adu, fwhm)
+    data, err, masked, kernel = prep.data, prep.err, prep.masked, prep.kernel
+    median_rms, filtered_noise_factor = prep.median_rms, prep.noise_factor
     threshold_adu = config.threshold_sigma * median_rms * filtered_noise_factor
-
-    edge = config.edge_width_pix if config.edge_width_pix is not None else kernel.shape[0] // 2
-    exposure.mask &= MASK_DTYPE(~int(MaskPlane.DETECTED))
-    if edge > 0:
-        border = np.zeros((ny, nx), bool)
-        border[:edge, :] = border[-edge:, :] = border[:, :edge] = border[:, -edge:] = True
-        exposure.mask[border] |= MASK_DTYPE(MaskPlane.EDGE)
-
-    sep.set_extract_pixstack(max(sep.get_extract_pixstack(), config.pixstack_pix))
-    sep.set_sub_object_limit(max(sep.get_sub_object_limit(), config.sub_object_limit))
+    _set_edge(exposure, config, kernel)
     figures = dict(threshold_sigma=config.threshold_sigma, min_pixels=config.min_pixels,
-                   smoothing_fwhm_pix=float(fwhm), background_rms_adu=median_rms)
-    # A matched filter thresholds the filtered S/N. sep's "matched" mode also
-    # filters the noise map and is 3x slower; for noise that is smooth on the
-    # kernel scale (a background rms map) plain convolution compared with the
-    # filtered noise, err * sqrt(sum k^2), gives the same footprints.
-    err *= np.float32(filtered_noise_factor)
+                   smoothing_fwhm_pix=fwhm, background_rms_adu=median_rms)
     parents, seg_p = _extract(data, err, masked, kernel, config, 1.0, filtered_noise_factor, figures)
     if len(parents) == 0:
         raise NoSourcesError(
@@ -267,14 +287,22 @@ def detect_sources(
             n_unmasked_pixels=int(masked.size - np.count_nonzero(masked)),
             **figures,
         )
+    parent_map = _sparse(seg_p)
+    del seg_p
     if config.do_deblend:
         children, seg_c = _extract(
             data, err, masked, kernel, config, config.deblend_min_contrast, filtered_noise_factor, figures
         )
+        child_map = _sparse(seg_c)
+        del seg_c
     else:
-        children, seg_c = parents, seg_p
+        children, child_map = parents, parent_map
+    del prep, err, masked
+    release_free_memory()
 
-    catalog, segmentation, deblend_seg = _families(parents, seg_p, children, seg_c)
+    catalog, footprints, deblended = _families_sparse(
+        parents, parent_map, children, child_map, width=exposure.shape[1]
+    )
     n_primary = int(np.count_nonzero(catalog["detect_isPrimary"]))
     if max_sources is not None and n_primary > max_sources:
         raise CrowdedFieldError(
@@ -285,17 +313,19 @@ def detect_sources(
             max_sources=max_sources,
             **figures,
         )
-    exposure.mask[segmentation > 0] |= MASK_DTYPE(MaskPlane.DETECTED)
+    exposure.mask[np.divmod(footprints[0], exposure.shape[1])] |= MASK_DTYPE(MaskPlane.DETECTED)
     catalog.meta.update(
         threshold_sigma=config.threshold_sigma,
         threshold_adu=threshold_adu,
         smoothing_fwhm_pix=float(fwhm),
     )
     is_child = catalog["parent"] != 0
+    release_free_memory()  # the families' temporaries
     return DetectionResult(
         catalog=catalog,
-        segmentation=segmentation,
-        deblend_segmentation=deblend_seg,
+        shape=exposure.shape,
+        footprints=footprints,
+        deblended=deblended,
         threshold_adu=threshold_adu,
         threshold_sigma=config.threshold_sigma,
         smoothing_fwhm_pix=float(fwhm),
@@ -303,6 +333,82 @@ def detect_sources(
         n_parents=int(np.count_nonzero(~is_child)),
         n_children=int(np.count_nonzero(is_child)),
     )
+
+
+def refine_background(
+    exposure: Exposure,
+    det_config: DetectionConfig | None = None,
+    bg_config: BackgroundConfig | None = None,
+    *,
+    psf_fwhm_pix: float | None = None,
+) -> tuple[Table, BackgroundModel]:
+    """Subtract the sky, estimated again with the sources masked (LSST's reEstimateBackground).
+
+    1. Estimate the background and subtract it.
+    2. Detect once, without deblending or cleaning (sources only need to be
+       masked): footprints are set ``DETECTED``.
+    3. Put the first background back, estimate it again with ``DETECTED``
+       pixels ignored (added to ``bg_config.mask_planes`` if absent) and
+       subtract that one.
+
+    Parameters
+    ----------
+    exposure : Exposure
+        Exposure with the sky still in its image; on return the image has the
+        returned background subtracted and ``DETECTED`` marks the footprints
+        of step 2.
+    det_config, bg_config : optional
+        Detection and background configs (defaults if None).
+    psf_fwhm_pix : float, optional
+        FWHM (pix) of the detection filter when ``det_config.smoothing_fwhm_pix`` is None.
+
+    Returns
+    -------
+    (astropy.table.Table, BackgroundModel)
+        The detections of step 2 (``x``, ``y`` in local 0-based pix, ``flux``
+        in ADU, ``npix``, ``peak_value``, ``shape_xx``, ``shape_yy``,
+        ``shape_xy`` in pix^2: isophotal, undeblended) and the background
+        model that was subtracted.
+
+    Raises
+    ------
+    NoSourcesError, BadExposureError, CrowdedFieldError
+        As :func:`detect_sources` and :func:`~calibration.background.estimate_background`.
+    """
+    det_config = det_config or DetectionConfig()
+    bg_config = bg_config or BackgroundConfig()
+    _validate(det_config)
+    background = estimate_background(exposure, bg_config)
+    background.subtract_from(exposure.image)
+    fwhm = float(det_config.smoothing_fwhm_pix or psf_fwhm_pix or det_config.fallback_smoothing_fwhm_pix)
+    prep = _prepare(exposure, det_config, background, fwhm)
+    figures = dict(threshold_sigma=det_config.threshold_sigma, min_pixels=det_config.min_pixels,
+                   smoothing_fwhm_pix=fwhm, background_rms_adu=prep.median_rms)
+    single = dataclasses.replace(det_config, clean=False)
+    objects, seg = _extract(prep.data, prep.err, prep.masked, prep.kernel, single, 1.0, prep.noise_factor, figures)
+    del prep
+    detected = MASK_DTYPE(MaskPlane.DETECTED)
+    exposure.mask &= ~detected
+    np.bitwise_or(exposure.mask, detected, out=exposure.mask, where=seg > 0)
+    del seg
+    release_free_memory()
+    if det_config.reestimate_background:
+        if "DETECTED" not in bg_config.mask_planes:
+            bg_config = dataclasses.replace(bg_config, mask_planes=(*bg_config.mask_planes, "DETECTED"))
+        background.add_to(exposure.image)
+        background = estimate_background(exposure, bg_config)
+        background.subtract_from(exposure.image)
+    table = Table()
+    for name, values, unit in (
+        ("x", objects["x"], u.pix), ("y", objects["y"], u.pix), ("flux", objects["flux"], u.adu),
+        ("npix", objects["npix"].astype(np.int64), u.pix**2), ("peak_value", objects["peak"], u.adu),
+        ("shape_xx", objects["x2"], u.pix**2), ("shape_yy", objects["y2"], u.pix**2),
+        ("shape_xy", objects["xy"], u.pix**2),
+    ):
+        table[name] = values
+        table[name].unit = unit
+    table.meta.update(smoothing_fwhm_pix=fwhm, threshold_sigma=det_config.threshold_sigma)
+    return table, background
 
 
 def detect_and_refine_background(
@@ -313,12 +419,7 @@ def detect_and_refine_background(
     psf_fwhm_pix: float | None = None,
     max_sources: int | None = None,
 ) -> tuple[DetectionResult, BackgroundModel]:
-    """Estimate and subtract the background, detect, and (if configured) refine.
-
-    With ``det_config.reestimate_background`` the background is estimated
-    again on the original image with the first footprints masked (``DETECTED``
-    is added to ``bg_config.mask_planes`` if absent), subtracted, and sources
-    are detected again, as LSST's detection does.
+    """Estimate and subtract the background (see :func:`refine_background`), then detect.
 
     Parameters
     ----------
@@ -336,20 +437,9 @@ def detect_and_refine_background(
         The final detections and the background model that was subtracted.
     """
     det_config = det_config or DetectionConfig()
-    bg_config = bg_config or BackgroundConfig()
-    original = exposure.image.copy()
-    background = estimate_background(exposure, bg_config)
-    subtract_background(exposure, background)
-    kwargs = dict(psf_fwhm_pix=psf_fwhm_pix, max_sources=max_sources)
-    result = detect_sources(exposure, det_config, background_rms_adu=background.rms_image, **kwargs)
-    if not det_config.reestimate_background:
-        return result, background
-    if "DETECTED" not in bg_config.mask_planes:
-        bg_config = dataclasses.replace(bg_config, mask_planes=(*bg_config.mask_planes, "DETECTED"))
-    exposure.image[...] = original
-    background = estimate_background(exposure, bg_config)
-    subtract_background(exposure, background)
-    result = detect_sources(exposure, det_config, background_rms_adu=background.rms_image, **kwargs)
+    _, background = refine_background(exposure, det_config, bg_config, psf_fwhm_pix=psf_fwhm_pix)
+    result = detect_sources(exposure, det_config, background_rms_adu=background,
+                            psf_fwhm_pix=psf_fwhm_pix, max_sources=max_sources)
     return result, background
 
 
@@ -362,10 +452,96 @@ def _validate(config: DetectionConfig) -> None:
         raise ConfigError(f"detection: {exc}", stage="detection") from exc
 
 
+@dataclasses.dataclass
+class _Prepared:
+    """Inputs of sep.extract: image, filtered-noise map, mask, kernel and noise figures."""
+
+    data: np.ndarray
+    err: np.ndarray
+    masked: np.ndarray
+    kernel: np.ndarray
+    median_rms: float
+    noise_factor: float
+
+
+def _prepare(
+    exposure: Exposure,
+    config: DetectionConfig,
+    background_rms_adu: float | np.ndarray | BackgroundModel | None,
+    fwhm: float,
+) -> _Prepared:
+    """Mask, per-pixel noise and kernel for a detection pass.
+
+    A matched filter thresholds the filtered S/N. sep's "matched" mode also
+    filters the noise map and is 3x slower; for noise that is smooth on the
+    kernel scale (a background rms map) plain convolution compared with the
+    filtered noise, ``err * sqrt(sum k^2)``, gives the same footprints. The
+    returned ``err`` is that filtered noise.
+    """
+    kernel = gaussian_kernel(fwhm)
+    data = np.ascontiguousarray(exposure.image, dtype=np.float32)
+    masked = planes_set(exposure.mask, plane_bits(config.mask_planes))
+    if isinstance(background_rms_adu, BackgroundModel):
+        err = _noise_image(data, masked, background_rms_adu.rms_image, copy=False)
+    else:
+        err = _noise_image(data, masked, background_rms_adu)
+    bad_noise = ~np.isfinite(err)
+    bad_noise |= err <= 0
+    masked |= bad_noise
+    if masked.all():
+        raise BadExposureError(
+            "every pixel is masked or has no usable noise value: nothing to detect on",
+            stage="detection",
+            n_pixels=int(masked.size),
+            n_bad_noise=int(np.count_nonzero(bad_noise)),
+        )
+    err[bad_noise] = 1.0
+    del bad_noise
+    median_rms = _median_unmasked(err, masked)
+    # Noise of the filtered image per unit of pixel noise (unit-sum kernel).
+    factor = float(np.sqrt(np.sum(kernel.astype(float) ** 2)))
+    err *= np.float32(factor)
+    sep.set_extract_pixstack(max(sep.get_extract_pixstack(), config.pixstack_pix))
+    sep.set_sub_object_limit(max(sep.get_sub_object_limit(), config.sub_object_limit))
+    return _Prepared(data, err, masked, kernel, median_rms, factor)
+
+
+def _median_unmasked(values: np.ndarray, masked: np.ndarray, max_samples: int = 1 << 20) -> float:
+    """Median of the unmasked ``values`` on a regular grid of at most ~``max_samples`` pixels.
+
+    The noise map is smooth (a spline of box values, or a variance plane), so
+    every ``s``-th pixel along each axis gives its median to far better than a
+    percent without copying the whole plane.
+    """
+    step = max(1, int(np.sqrt(values.size / max_samples)))
+    sub, sub_masked = values[::step, ::step], masked[::step, ::step]
+    good = sub[~sub_masked]
+    if good.size == 0:  # every sampled pixel masked: use them all
+        good = values[~masked]
+    return float(np.median(good))
+
+
+def _set_edge(exposure: Exposure, config: DetectionConfig, kernel: np.ndarray) -> None:
+    """Clear DETECTED; set EDGE on the border the filter does not fully cover."""
+    edge = config.edge_width_pix if config.edge_width_pix is not None else kernel.shape[0] // 2
+    mask = exposure.mask
+    mask &= MASK_DTYPE(~int(MaskPlane.DETECTED))
+    if edge > 0:
+        bit = MASK_DTYPE(MaskPlane.EDGE)
+        mask[:edge, :] |= bit
+        mask[-edge:, :] |= bit
+        mask[:, :edge] |= bit
+        mask[:, -edge:] |= bit
+
+
 def _noise_image(
-    data: np.ndarray, masked: np.ndarray, rms: float | np.ndarray | None
+    data: np.ndarray, masked: np.ndarray, rms: float | np.ndarray | None, *, copy: bool = True
 ) -> np.ndarray:
-    """Per-pixel noise (ADU) as a float32 C array of the image's shape."""
+    """Per-pixel noise (ADU) as a float32 C array of the image's shape.
+
+    With ``copy=False`` a native float32 C-contiguous ``rms`` array is used as
+    it is (the caller gives up its content).
+    """
     if rms is None:
         good = data[~masked]
         if good.size == 0:
@@ -381,6 +557,8 @@ def _noise_image(
             rms_shape=arr.shape,
             image_shape=data.shape,
         )
+    if not copy and arr.dtype == np.float32 and arr.dtype.isnative and arr.flags.c_contiguous and arr.flags.writeable:
+        return arr
     return np.ascontiguousarray(arr.astype(arr.dtype.newbyteorder("="), copy=True))
 
 
@@ -404,7 +582,8 @@ def _extract(
             minarea=config.min_pixels,
             filter_kernel=kernel,
             filter_type="conv",
-            deblend_nthresh=config.deblend_nthresh,
+            # A contrast of 1 never splits: one sub-threshold gives the same objects, faster.
+            deblend_nthresh=config.deblend_nthresh if deblend_cont < 1.0 else 1,
             deblend_cont=deblend_cont,
             clean=config.clean,
             clean_param=config.clean_param,
@@ -439,11 +618,44 @@ def _extract(
 def _families(
     parents: np.ndarray, seg_p: np.ndarray, children: np.ndarray, seg_c: np.ndarray
 ) -> tuple[Table, np.ndarray, np.ndarray]:
-    """Catalogue and segmentation maps of the parent/child families (vectorised)."""
+    """Catalogue and dense segmentation maps of the parent/child families (see :func:`_families_sparse`)."""
+    catalog, footprints, deblended = _families_sparse(
+        parents, _sparse(seg_p), children, _sparse(seg_c), width=seg_p.shape[1]
+    )
+    return catalog, _dense(footprints, seg_p.shape), _dense(deblended, seg_p.shape)
+
+
+def _lookup(pix: np.ndarray, values: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """Values of a sparse map ``(pix sorted, values)`` at flat indices ``where`` (0 where absent)."""
+    if pix.size == 0:
+        return np.zeros(where.shape, values.dtype)
+    pos = np.minimum(np.searchsorted(pix, where), pix.size - 1)
+    return np.where(pix[pos] == where, values[pos], np.zeros((), values.dtype))
+
+
+def _families_sparse(
+    parents: np.ndarray,
+    parent_map: tuple[np.ndarray, np.ndarray],
+    children: np.ndarray,
+    child_map: tuple[np.ndarray, np.ndarray],
+    *,
+    width: int,
+) -> tuple[Table, tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """Catalogue and sparse maps of the parent/child families (vectorised).
+
+    ``parent_map`` and ``child_map`` are the sep segmentation maps of the two
+    passes as ``(sorted flat pixel indices, 1-based object number)`` of an
+    image ``width`` pixels wide. Returns
+    the catalogue, the top-level footprint map and the primary (deblended)
+    map, both as ``(sorted flat pixel indices, row id)``.
+    """
+    p_pix, p_lab = parent_map
+    c_pix, c_lab = child_map
     n_p, n_c = len(parents), len(children)
     # Parent index (0-based) of each child from its peak pixel; -1 = orphan
     # (a child whose peak is outside every parent footprint: a cleaning quirk).
-    owner = seg_p[children["ypeak"], children["xpeak"]].astype(np.int64) - 1
+    peak_flat = children["ypeak"].astype(np.int64) * width + children["xpeak"].astype(np.int64)
+    owner = _lookup(p_pix, p_lab, peak_flat).astype(np.int64) - 1
     has_owner = owner >= 0
     n_kids = np.bincount(owner[has_owner], minlength=n_p)
 
@@ -478,22 +690,40 @@ def _families(
     )
 
     # Top-level map: parent footprint -> id of its family's first row;
-    # orphan children fill their own pixels.
+    # orphan children fill their own pixels outside every parent footprint.
     lut_p = np.zeros(n_p + 1, np.int32)
     lut_p[fams[fams < n_p] + 1] = ids[first][fams < n_p]
-    segmentation = lut_p[seg_p]
     lut_c = np.zeros(n_c + 1, np.int32)
     lut_c[source[~from_parent] - n_p + 1] = ids[~from_parent]
     lut_orphan = np.where(np.concatenate([[False], ~has_owner]), lut_c, 0)
-    segmentation = np.where(segmentation == 0, lut_orphan[seg_c], segmentation)
+    c_in_p = _lookup(p_pix, np.ones(p_pix.size, bool), c_pix)
+    seg_values = lut_p[p_lab]
+    orphan_pix = ~c_in_p & (lut_orphan[c_lab] != 0)
+    footprints = _merge_sparse((p_pix, seg_values), (c_pix[orphan_pix], lut_orphan[c_lab[orphan_pix]]))
     # Primary map: children and isolated sources; footprints kept without a
     # child (k == 0) come from the parent pass.
     lut_p0 = np.zeros(n_p + 1, np.int32)
     keep = from_parent & ~blend_parent
     lut_p0[source[keep] + 1] = ids[keep]
-    deblend_seg = lut_c[seg_c]
-    deblend_seg = np.where(deblend_seg == 0, lut_p0[seg_p], deblend_seg)
-    return catalog, segmentation.astype(np.int32), deblend_seg.astype(np.int32)
+    p_in_c = _lookup(c_pix, np.ones(c_pix.size, bool), p_pix)
+    p_values = lut_p0[p_lab]
+    extra = ~p_in_c & (p_values != 0)
+    c_values = lut_c[c_lab]
+    has_c = c_values != 0
+    deblended = _merge_sparse((c_pix[has_c], c_values[has_c]), (p_pix[extra], p_values[extra]))
+    return catalog, footprints, deblended
+
+
+def _merge_sparse(
+    a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Union of two sparse maps with disjoint pixels, indices sorted."""
+    if b[0].size == 0:
+        return a[0], a[1].astype(np.int32)
+    pix = np.concatenate([a[0], b[0]])
+    values = np.concatenate([a[1], b[1]]).astype(np.int32)
+    order = np.argsort(pix, kind="stable")
+    return pix[order], values[order]
 
 
 def _make_table(

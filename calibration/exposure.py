@@ -149,6 +149,7 @@ def make_exposure(
     info: ExposureInfo | None = None,
     header: Any = None,
     xy0: tuple[int, int] = (0, 0),
+    copy: bool = True,
 ) -> Exposure:
     """Build an :class:`Exposure`, filling mask and variance sensibly.
 
@@ -156,26 +157,84 @@ def make_exposure(
     None it is estimated per pixel from gain and read noise:
     ``var = max(image, 0) / gain + (read_noise / gain)**2`` in ADU^2, which
     ignores the sky level that was already subtracted (none for raw-ish data).
+
+    With ``copy=False`` native float32 ``image`` and ``variance`` arrays are
+    taken over as they are (and may be modified: non-finite values replaced),
+    which saves a copy of each plane when the caller made them for this call.
     """
     info = info or ExposureInfo()
-    img = np.asarray(image)
-    img = img.astype(img.dtype.newbyteorder("="), copy=False).astype(np.float32)
+    img = _own_float32(image, copy)
     bad = ~np.isfinite(img)
     msk = np.zeros(img.shape, MASK_DTYPE) if mask is None else np.asarray(mask, MASK_DTYPE).copy()
     if bad.any():
         msk[bad] |= MaskPlane.NO_DATA
-        img = np.where(bad, np.float32(0), img)
+        img[bad] = np.float32(0)
+    del bad
     if info.saturation_adu is not None:
         msk[img >= info.saturation_adu] |= MaskPlane.SAT
     if variance is None:
         gain = info.gain_e_per_adu if info.gain_e_per_adu > 0 else 1.0
-        var = np.maximum(img, 0) / gain + (info.read_noise_e / gain) ** 2
-        variance = var.astype(np.float32)
+        var = np.maximum(img, np.float32(0))
+        var /= gain
+        var += (info.read_noise_e / gain) ** 2
+        variance = var
     else:
-        variance = np.asarray(variance)
-        variance = variance.astype(variance.dtype.newbyteorder("="), copy=False).astype(np.float32)
+        variance = _own_float32(variance, copy)
         vbad = ~np.isfinite(variance)
         if vbad.any():
             msk[vbad] |= MaskPlane.NO_DATA
-            variance = np.where(vbad, np.float32(np.inf), variance)
+            variance[vbad] = np.float32(np.inf)
     return Exposure(image=img, mask=msk, variance=variance, wcs=wcs, info=info, header=header, xy0=xy0)
+
+
+def _own_float32(array: np.ndarray, copy: bool) -> np.ndarray:
+    """A native float32 C-contiguous array holding ``array``: a copy unless ``copy`` is
+    False and ``array`` already is one."""
+    arr = np.asarray(array)
+    if arr.dtype == np.float32 and arr.dtype.isnative and arr.flags.c_contiguous and arr.flags.writeable:
+        return arr.copy() if copy else arr
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+#: Rows per block in :func:`planes_set`: bounds the int32 temporary of ``mask & bits``.
+_MASK_ROWS_PER_BLOCK = 512
+
+
+def planes_set(mask: np.ndarray, bits: int) -> np.ndarray:
+    """Boolean map of the pixels having any of ``bits`` set: ``(mask & bits) != 0``.
+
+    Evaluated in blocks of rows, so that the only full-size array made is the
+    boolean result (a quarter of an int32 mask), never an int32 temporary.
+    """
+    mask = np.asarray(mask)
+    out = np.empty(mask.shape, bool)
+    if mask.ndim != 2:
+        np.not_equal(mask & bits, 0, out=out)
+        return out
+    bits_t = mask.dtype.type(bits)
+    for start in range(0, mask.shape[0], _MASK_ROWS_PER_BLOCK):
+        rows = slice(start, start + _MASK_ROWS_PER_BLOCK)
+        np.not_equal(mask[rows] & bits_t, 0, out=out[rows])
+    return out
+
+
+def release_free_memory() -> None:
+    """Give the C heap's free memory back to the system (glibc ``malloc_trim``; no-op elsewhere).
+
+    sep grows its object pixel lists with ``realloc``; glibc keeps the freed
+    blocks in the process, so a crowded field's detection would leave hundreds
+    of MB resident for the rest of the run.
+    """
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        try:
+            import ctypes
+
+            _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _MALLOC_TRIM = False
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
+
+
+_MALLOC_TRIM = None

@@ -174,8 +174,9 @@ def read_exposure(
                     raise _fail(f"{name} must be a {'positive' if positive else 'non-negative'} number, "
                                 f"got {value!r}", **{name: value})
                 setattr(info, name, float(value))
+        # The planes were converted for this call: the exposure takes them over (copy=False).
         return make_exposure(src.image, variance=src.variance, mask=src.mask, wcs=_read_wcs(src), info=info,
-                             header=src.header, xy0=_read_xy0(src))
+                             header=src.header, xy0=_read_xy0(src), copy=False)
 
 
 def read_header_facts(

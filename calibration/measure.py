@@ -16,7 +16,11 @@ Windowed centroid
 ``sep.winpos`` iterates ``c = sum W r I / sum W I`` with a Gaussian window
 ``W = exp(-|r - c|**2 / 2 s**2)`` (cut at ``4 s``), ``s = 2 / 2.3548 *
 r_half`` and ``r_half`` the half-light radius (``sep.flux_radius``), as
-SExtractor does; for a Gaussian star ``s`` equals the PSF sigma. Its error is
+SExtractor does; for a Gaussian star ``s`` equals the PSF sigma. With a
+segmentation map, ``r_half`` of a source owning pixels of the map is measured
+with the other sources' pixels masked (SExtractor masks neighbours too): in a
+crowded field a neighbour would otherwise inflate the window and pull the
+centroid towards itself. Its error is
 the linear propagation of the per-pixel variance ``V`` (variance plane:
 photon + read noise) through the fixed-point equation
 ``G(c) = sum W (r - c) I = 0``::
@@ -86,7 +90,7 @@ from astropy.table import Table
 from .stats import row_median
 from .configbase import doc_field
 from .errors import BadExposureError, CalibrationError, PsfError
-from .exposure import Exposure, MaskPlane
+from .exposure import Exposure, MaskPlane, planes_set
 
 __all__ = ["MeasureConfig", "aperture_column", "measure_sources"]
 
@@ -95,7 +99,7 @@ _FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
 #: Mask bit used for the padding around the image (never a real plane).
 _OFF_IMAGE = 1 << 30
 #: Bound on gathered values per chunk of sources (memory, not speed).
-_CHUNK_ELEMENTS = 2_000_000
+_CHUNK_ELEMENTS = 500_000
 #: Window sigma bounds (pix): SExtractor's minimum, and a cap on stamp size.
 _MIN_WINDOW_SIGMA = 0.5 * 2.0 / 2.35
 _MAX_WINDOW_SIGMA = 10.0
@@ -395,7 +399,7 @@ def measure_sources(
     a, b, theta, ellipse_ok = _sanitised_ellipse(out)
     ids = np.asarray(out["id"], dtype=np.int64) if "id" in out.colnames else np.zeros(n, np.int64)
 
-    cen = _centroid(ctx, np.where(pos_ok, x0, 0.0), np.where(pos_ok, y0, 0.0), a, b, pos_ok, config)
+    cen = _centroid(ctx, np.where(pos_ok, x0, 0.0), np.where(pos_ok, y0, 0.0), a, b, pos_ok, config, ids)
     xc, yc = cen["x"], cen["y"]
     det_xx, det_yy, det_xy = _ellipse_moments(out, a, b, theta)
     shape_ok = cen["shape_ok"]
@@ -425,21 +429,29 @@ def measure_sources(
 
 
 @dataclasses.dataclass
+class _Stamps:
+    """Pixels about a set of sources: flat indices clipped into the image and which are inside."""
+
+    flat: np.ndarray  # (n, m) int64, valid everywhere (clipped)
+    inside: np.ndarray  # (n, m) bool
+
+
+@dataclasses.dataclass
 class _Context:
-    """The exposure's planes prepared once: sep inputs and padded copies for stamps."""
+    """The exposure's planes prepared once for sep, and gathers of stamps from them.
+
+    Stamps are read straight from the planes with clipped indices; pixels off
+    the image read as 0 (image, variance), unusable, ``_OFF_IMAGE`` (mask)
+    and 0 (segmentation). No padded copy of any plane is made.
+    """
 
     image: np.ndarray  # float32, C-contiguous
-    err: np.ndarray  # float32, sqrt(effective variance)
+    var: np.ndarray  # float32, effective variance for sep (variance plane or a cleaned copy)
     bad: np.ndarray  # bool, sep mask
     mask: np.ndarray
     segmentation: np.ndarray | None
-    pad: int
-    image_p: np.ndarray  # padded flat arrays for np.take
-    var_p: np.ndarray
-    mask_p: np.ndarray
-    usable_p: np.ndarray
-    seg_p: np.ndarray | None
-    width_p: int
+    variance: np.ndarray  # the variance plane as given
+    floor_var: float  # replaces non-finite or non-positive variances
 
     @classmethod
     def build(
@@ -454,43 +466,66 @@ class _Context:
         bad_bits = 0
         for name in config.bad_mask_planes:
             bad_bits |= int(MaskPlane[name])
-        bad = (mask & bad_bits) != 0
-        var = np.asarray(exposure.variance, dtype=np.float32)
-        var = np.where(np.isfinite(var) & (var > 0), var, np.float32(background_rms_adu**2))
-        pad = int(
-            np.ceil(
-                max(
-                    config.local_background_outer_pix + 1,
-                    config.psf_stamp_size_pix // 2 + 1,
-                    4 * _MAX_WINDOW_SIGMA + 1,
-                    config.flag_radius_pix + 1,
-                )
-            )
-        )
+        bad = planes_set(mask, bad_bits)
+        floor_var = float(background_rms_adu**2)
+        variance = np.ascontiguousarray(exposure.variance, dtype=np.float32)
+        if _all_positive_finite(variance):
+            var = variance
+        else:
+            var = np.where(np.isfinite(variance) & (variance > 0), variance, np.float32(floor_var))
+        return cls(image=image, var=var, bad=bad, mask=mask, segmentation=segmentation,
+                   variance=variance, floor_var=floor_var)
 
-        def padded(array: np.ndarray, fill: Any) -> np.ndarray:
-            out = np.full((array.shape[0] + 2 * pad, array.shape[1] + 2 * pad), fill, array.dtype)
-            out[pad:-pad, pad:-pad] = array
-            return out.ravel()
+    def index(self, ix: np.ndarray, iy: np.ndarray, dx: np.ndarray, dy: np.ndarray) -> _Stamps:
+        """Pixels at offsets ``(dx, dy)`` about ``(ix, iy)``: shape ``(n, m)``."""
+        ny, nx = self.image.shape
+        px = ix[:, None] + dx[None, :]
+        py = iy[:, None] + dy[None, :]
+        inside = (px >= 0) & (px < nx) & (py >= 0) & (py < ny)
+        np.clip(px, 0, nx - 1, out=px)
+        np.clip(py, 0, ny - 1, out=py)
+        py *= nx
+        py += px
+        return _Stamps(py, inside)
 
-        return cls(
-            image=image,
-            err=np.sqrt(var),
-            bad=bad,
-            mask=mask,
-            segmentation=segmentation,
-            pad=pad,
-            image_p=padded(image, 0.0),
-            var_p=padded(var, 0.0),
-            mask_p=padded(mask.astype(np.int32), np.int32(_OFF_IMAGE)),
-            usable_p=padded(~bad, False),
-            seg_p=None if segmentation is None else padded(segmentation, 0),
-            width_p=image.shape[1] + 2 * pad,
-        )
+    def image_at(self, st: _Stamps) -> np.ndarray:
+        return np.where(st.inside, self.image.ravel()[st.flat], np.float32(0))
 
-    def index(self, ix: np.ndarray, iy: np.ndarray, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
-        """Flat indices into the padded planes, shape ``(n, m)``, of offsets about ``(ix, iy)``."""
-        return (iy[:, None] + self.pad + dy[None, :]) * self.width_p + (ix[:, None] + self.pad + dx[None, :])
+    def var_at(self, st: _Stamps) -> np.ndarray:
+        v = self.variance.ravel()[st.flat]
+        v = np.where(np.isfinite(v) & (v > 0), v, np.float32(self.floor_var))
+        return np.where(st.inside, v, np.float32(0))
+
+    def mask_at(self, st: _Stamps) -> np.ndarray:
+        return np.where(st.inside, self.mask.ravel()[st.flat].astype(np.int64), _OFF_IMAGE)
+
+    def usable_at(self, st: _Stamps) -> np.ndarray:
+        return st.inside & ~self.bad.ravel()[st.flat]
+
+    def seg_at(self, st: _Stamps) -> np.ndarray:
+        assert self.segmentation is not None
+        return np.where(st.inside, self.segmentation.ravel()[st.flat], 0)
+
+
+def _ids_present(segmentation: np.ndarray, max_id: int) -> np.ndarray:
+    """``present[i]`` is True when id ``i`` (0..max_id) owns a pixel of the map (blocks of rows)."""
+    present = np.zeros(max_id + 1, bool)
+    rows = segmentation.reshape(segmentation.shape[0], -1)
+    for start in range(0, rows.shape[0], 512):
+        block = rows[start : start + 512].ravel()
+        counts = np.bincount(block[(block > 0) & (block <= max_id)], minlength=max_id + 1)
+        present |= counts > 0
+    return present
+
+
+def _all_positive_finite(values: np.ndarray) -> bool:
+    """True when every value is finite and > 0 (checked in blocks of rows)."""
+    flat = values.reshape(values.shape[0], -1) if values.ndim > 1 else values.reshape(1, -1)
+    for start in range(0, flat.shape[0], 512):
+        block = flat[start : start + 512]
+        if not (np.isfinite(block).all() and (block > 0).all()):
+            return False
+    return True
 
 
 def _chunks(n: int, per_source: int) -> Iterator[slice]:
@@ -536,6 +571,7 @@ def _centroid(
     b: np.ndarray,
     ok: np.ndarray,
     config: MeasureConfig,
+    ids: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Windowed centroid, its covariance and window-deconvolved second moments."""
     n = xs.size
@@ -550,7 +586,22 @@ def _centroid(
         return res
     ny, nx = ctx.image.shape
     rmax = np.clip(6.0 * a, 3.0, 4 * _MAX_WINDOW_SIGMA)
-    r_half, _ = sep.flux_radius(ctx.image, xs, ys, rmax, 0.5, mask=ctx.bad, subpix=5)
+    # Half-light radius setting the window: a source that owns pixels of the
+    # segmentation map is measured with the other sources' pixels masked, as
+    # SExtractor masks neighbours; without that a neighbour inflates r_half and
+    # the window, which drags the centroid towards it (and costs time).
+    owns = np.zeros(n, bool)
+    if ctx.segmentation is not None and ids is not None:
+        present = _ids_present(ctx.segmentation, int(ids.max(initial=0)))
+        owns = ok & (ids > 0) & (ids < present.size)
+        owns[owns] = present[ids[owns]]
+    r_half = np.full(n, np.nan)
+    if owns.any():
+        r_half[owns], _ = sep.flux_radius(ctx.image, xs[owns], ys[owns], rmax[owns], 0.5, mask=ctx.bad,
+                                          segmap=ctx.segmentation, seg_id=ids[owns].astype(np.int32), subpix=5)
+    if not owns.all():
+        rest = ~owns
+        r_half[rest], _ = sep.flux_radius(ctx.image, xs[rest], ys[rest], rmax[rest], 0.5, mask=ctx.bad, subpix=5)
     sig = 2.0 / 2.3548 * r_half
     sig = np.where(np.isfinite(sig) & (sig > 0), sig, np.sqrt(a * b))
     sig = np.clip(sig, _MIN_WINDOW_SIGMA, _MAX_WINDOW_SIGMA)
@@ -616,9 +667,9 @@ def _windowed_sums(
             dy = (iy[m, None] + dyo[None, :]) - yc[m, None]
             s2 = sig[m, None] ** 2
             r2 = dx**2 + dy**2
-            w = np.where((r2 < 16 * s2) & ctx.usable_p[idx], np.exp(-0.5 * r2 / s2), 0.0)
-            wi = w * ctx.image_p[idx]
-            wwv = w * w * ctx.var_p[idx]
+            w = np.where((r2 < 16 * s2) & ctx.usable_at(idx), np.exp(-0.5 * r2 / s2), 0.0)
+            wi = w * ctx.image_at(idx)
+            wwv = w * w * ctx.var_at(idx)
             sums[:, m] = [
                 wi.sum(axis=1),
                 (wi * dx * dx).sum(axis=1),
@@ -647,7 +698,7 @@ def _apertures(
                 np.repeat(x, radii.size),
                 np.repeat(y, radii.size),
                 np.tile(radii, n),
-                err=ctx.err,
+                var=ctx.var,
                 mask=ctx.bad,
                 subpix=0,
             )
@@ -704,14 +755,14 @@ def _kron(
         e = use_ellipse
         f, fe, fl = sep.sum_ellipse(
             ctx.image, x[e], y[e], a[e], b[e], theta[e], config.kron_factor * kr[e],
-            err=ctx.err, mask=ctx.bad, subpix=5, **seg(e),
+            var=ctx.var, mask=ctx.bad, subpix=5, **seg(e),
         )
         flux[e], ferr[e], flags[e] = f, fe, flags[e] | fl
     if use_circle.any():
         c = use_circle
         f, fe, fl = sep.sum_circle(
             ctx.image, x[c], y[c], config.kron_min_radius_pix,
-            err=ctx.err, mask=ctx.bad, subpix=5, **seg(c),
+            var=ctx.var, mask=ctx.bad, subpix=5, **seg(c),
         )
         flux[c], ferr[c], flags[c] = f, fe, flags[c] | fl
     flag = ~kron_ok | ((flags & _APER_PROBLEM) != 0)
@@ -734,15 +785,18 @@ def _local_background(
     for sl in _chunks(n, dxo.size):
         idx = ctx.index(ix[sl], iy[sl], dxo, dyo)
         r = np.hypot(ix[sl, None] + dxo[None, :] - x[sl, None], iy[sl, None] + dyo[None, :] - y[sl, None])
-        base = (r >= r_in) & (r < r_out) & ctx.usable_p[idx]
-        if ctx.seg_p is not None:
-            source = ctx.seg_p[idx] > 0
+        base = (r >= r_in) & (r < r_out) & ctx.usable_at(idx)
+        if ctx.segmentation is not None:
+            source = ctx.seg_at(idx) > 0
         else:
-            source = (ctx.mask_p[idx] & int(MaskPlane.DETECTED)) != 0
+            source = (ctx.mask_at(idx) & int(MaskPlane.DETECTED)) != 0
         clean = base & ~source
         few = clean.sum(axis=1) < config.local_background_min_pixels
-        values = ctx.image_p[idx].astype(float)
-        value[sl] = np.where(few, row_median(values, base), row_median(values, clean))
+        values = ctx.image_at(idx)  # float32: sorts faster, row_median returns float64
+        med = row_median(values, clean)
+        if few.any():
+            med[few] = row_median(values[few], base[few])
+        value[sl] = med
         flag[sl] |= few
     value[~ok] = np.nan
     return {"local_background": value, "local_background_flag": flag}
@@ -776,9 +830,9 @@ def _psf_flux(
                 )
             p = model.reshape(sel.size, -1)
             idx = ctx.index(ix[sel], iy[sel], dxo, dyo)
-            img = ctx.image_p[idx].astype(float)
-            var = ctx.var_p[idx].astype(float)
-            usable = ctx.usable_p[idx]
+            img = ctx.image_at(idx).astype(float)
+            var = ctx.var_at(idx).astype(float)
+            usable = ctx.usable_at(idx)
             masked_fraction = np.where(usable, 0.0, np.abs(p)).sum(axis=1) / np.abs(p).sum(axis=1)
             with np.errstate(divide="ignore", invalid="ignore"):
                 if config.psf_flux_weighting == "inverse_variance":
@@ -805,7 +859,7 @@ def _pixel_flags(
     ny, nx = ctx.image.shape
     ix, iy = _nearest_pixel(x, y, ok, (ny, nx))
     c_dy, c_dx = (g.ravel() for g in np.mgrid[-1:2, -1:2])
-    centre = np.bitwise_or.reduce(ctx.mask_p[ctx.index(ix, iy, c_dx, c_dy)], axis=1) if x.size else np.zeros(0, np.int32)
+    centre = np.bitwise_or.reduce(ctx.mask_at(ctx.index(ix, iy, c_dx, c_dy)), axis=1) if x.size else np.zeros(0, np.int32)
     h = int(np.ceil(config.flag_radius_pix)) + 1
     dyo, dxo = (g.ravel() for g in np.mgrid[-h : h + 1, -h : h + 1])
     circle = np.zeros(x.size, np.int64)
@@ -813,12 +867,16 @@ def _pixel_flags(
         idx = ctx.index(ix[sl], iy[sl], dxo, dyo)
         r = np.hypot(ix[sl, None] + dxo[None, :] - x[sl, None], iy[sl, None] + dyo[None, :] - y[sl, None])
         inside = r <= config.flag_radius_pix
-        circle[sl] = np.bitwise_or.reduce(np.where(inside, ctx.mask_p[idx], 0), axis=1)
+        circle[sl] = np.bitwise_or.reduce(np.where(inside, ctx.mask_at(idx), 0), axis=1)
     footprint = np.zeros(x.size, np.int64)
     if ctx.segmentation is not None:
-        seg = ctx.segmentation
-        for plane in (MaskPlane.SAT, MaskPlane.NO_DATA, MaskPlane.EDGE):
-            owners = np.unique(seg[((ctx.mask & int(plane)) != 0) & (seg > 0)])
+        planes = (MaskPlane.SAT, MaskPlane.NO_DATA, MaskPlane.EDGE)
+        any_bits = int(MaskPlane.SAT | MaskPlane.NO_DATA | MaskPlane.EDGE)
+        pix = np.flatnonzero(planes_set(ctx.mask, any_bits))  # few pixels: borders, saturation
+        owner = ctx.segmentation.ravel()[pix]
+        bits = ctx.mask.ravel()[pix]
+        for plane in planes:
+            owners = np.unique(owner[((bits & int(plane)) != 0) & (owner > 0)])
             footprint |= np.where(np.isin(ids, owners), int(plane), 0)
     centre = np.where(ok, centre, 0)
     circle = np.where(ok, circle, 0)

@@ -35,7 +35,7 @@ from . import __version__
 from .background import BackgroundConfig, BackgroundModel
 from .configbase import config_from_dict, config_to_dict, doc_field
 from .cosmicrays import CosmicRayConfig, find_and_repair_cosmic_rays
-from .detection import DetectionConfig, detect_and_refine_background, detect_sources
+from .detection import DetectionConfig, detect_sources, refine_background
 from .astrometry import AstrometryConfig, AstrometryResult, fit_astrometry
 from .apcorr import ApCorrConfig, ApCorrMap, apply_aperture_corrections, measure_aperture_corrections
 from .errors import (
@@ -245,10 +245,11 @@ def calibrate(
     with clock.stage("background"):
         # A first background and detection pass gives the PSF size that the
         # cosmic-ray finder needs to tell a cosmic ray from a star.
-        first, background = detect_and_refine_background(
+        first, background = refine_background(
             exposure, config.detection, config.background, psf_fwhm_pix=config.psf_fwhm_guess_pix
         )
-        fwhm_pix = estimate_fwhm_pix(first.catalog, default=config.psf_fwhm_guess_pix)
+        fwhm_pix = estimate_fwhm_pix(first, default=config.psf_fwhm_guess_pix)
+        del first
 
     with clock.stage("cosmic_rays"):
         cr = find_and_repair_cosmic_rays(
@@ -404,7 +405,7 @@ def calibrate(
 
 def _redetect(exposure: Exposure, config: CalibrateConfig, fwhm_pix: float, background: BackgroundModel):
     """Detect again on the CR-repaired image, with the measured PSF size."""
-    return detect_sources(exposure, config.detection, background_rms_adu=background.rms_image, psf_fwhm_pix=fwhm_pix)
+    return detect_sources(exposure, config.detection, background_rms_adu=background, psf_fwhm_pix=fwhm_pix)
 
 
 def estimate_fwhm_pix(catalog: Table, *, default: float) -> float:

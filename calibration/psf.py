@@ -64,6 +64,7 @@ from scipy.spatial import cKDTree
 from .configbase import doc_field
 from .errors import ConfigError, PsfError
 from .exposure import Exposure, MaskPlane
+from .stats import grid_median
 from .psfmodel import (
     FWHM_PER_SIGMA,
     MoffatPsfModel,
@@ -350,8 +351,8 @@ def _snr(catalog: Table, exposure: Exposure, config: PsfConfig) -> NDArray[np.fl
             flux = _column(catalog, "flux", np.nan).astype(float)
             npix = _column(catalog, "npix", 0)
             npix = np.asarray(npix, float) if npix is not None else np.full(len(catalog), 25.0)
-            var = exposure.variance[np.isfinite(exposure.variance) & (exposure.variance > 0)]
-            var_bg = float(np.median(var)) if var.size else 0.0
+            var_bg = grid_median(exposure.variance, positive=True)  # typical sky variance
+            var_bg = var_bg if np.isfinite(var_bg) else 0.0
             gain = exposure.info.gain_e_per_adu if exposure.info.gain_e_per_adu > 0 else 1.0
             snr = flux / np.sqrt(npix * var_bg + np.maximum(flux, 0.0) / gain)
         else:

@@ -141,10 +141,13 @@ def fft_shift(images: NDArray, sx: NDArray, sy: NDArray, out_size: int) -> NDArr
     c = size // 2
     big = np.zeros((n, size, size))
     big[:, c - k // 2 : c - k // 2 + k, c - k // 2 : c - k // 2 + k] = images
-    ky = np.fft.fftfreq(size)[None, :, None]
-    kx = np.fft.rfftfreq(size)[None, None, :]
-    phase = np.exp(-2j * np.pi * (kx * sx[:, None, None] + ky * sy[:, None, None]))
-    shifted = np.fft.irfft2(np.fft.rfft2(big) * phase, s=(size, size))
+    # The phase ramp is separable: two 1-d ramps instead of an (n, size, size) exponential.
+    ramp_y = np.exp(-2j * np.pi * np.fft.fftfreq(size)[None, :] * np.asarray(sy, float)[:, None])
+    ramp_x = np.exp(-2j * np.pi * np.fft.rfftfreq(size)[None, :] * np.asarray(sx, float)[:, None])
+    spectrum = np.fft.rfft2(big)
+    spectrum *= ramp_y[:, :, None]
+    spectrum *= ramp_x[:, None, :]
+    shifted = np.fft.irfft2(spectrum, s=(size, size))
     lo = c - out_size // 2
     return shifted[:, lo : lo + out_size, lo : lo + out_size]
 

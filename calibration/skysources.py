@@ -23,7 +23,7 @@ from scipy.spatial import cKDTree
 from .background import plane_bits
 from .configbase import doc_field
 from .errors import ConfigError, NoSourcesError
-from .exposure import MASK_DTYPE, Exposure, MaskPlane
+from .exposure import MASK_DTYPE, Exposure, MaskPlane, planes_set
 
 __all__ = [
     "SkyNoise",
@@ -38,6 +38,8 @@ __all__ = [
 HALF_DIAGONAL_PIX = float(np.sqrt(0.5))
 #: Normal-consistent scale of the median absolute deviation.
 MAD_TO_SIGMA = 1.4826
+#: Bound on gathered mask values per chunk of the exact free-pixel test.
+_CHUNK_ELEMENTS = 4_000_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,12 +113,13 @@ def place_sky_sources(exposure: Exposure, config: SkySourceConfig | None = None,
     """Place and measure sky apertures on the background-subtracted image.
 
     Candidate centres are the pixels further than ``radius_pix + grow_pix +
-    sqrt(1/2)`` from every avoided pixel and from outside the image (a
-    Euclidean distance transform), drawn at random without replacement; a
-    candidate is kept if no earlier kept candidate lies within
-    ``min_separation_pix`` (random sequential placement, resolved in
-    vectorised rounds). The candidate pool grows until ``n_sources`` are kept
-    or every free pixel was tried.
+    sqrt(1/2)`` from every avoided pixel and from outside the image, drawn
+    uniformly at random without replacement (a coarse block map excludes the
+    regions that cannot hold one, and each drawn pixel is tested exactly; see
+    :class:`_FreePixelSampler`); a candidate is kept if no earlier kept
+    candidate lies within ``min_separation_pix`` (random sequential
+    placement, resolved in vectorised rounds). The candidate pool grows until
+    ``n_sources`` are kept or every free pixel was tried.
 
     Parameters
     ----------
@@ -135,8 +138,10 @@ def place_sky_sources(exposure: Exposure, config: SkySourceConfig | None = None,
         Columns ``x``, ``y`` (pix, local 0-based), ``sky_flux``,
         ``sky_flux_err`` (ADU; error from the variance plane), ``sky_flag`` (sep
         aperture flags), ``sky_source`` (True). ``meta`` holds ``n_requested``,
-        ``n_placed``, ``radius_pix``, ``seed`` and ``free_fraction``; fewer
-        than requested are placed when the free sky is too small.
+        ``n_placed``, ``radius_pix``, ``seed`` and ``free_fraction`` (the
+        fraction of pixels that could be a centre, estimated from the pixels
+        tested; exact when all were); fewer than requested are placed when the
+        free sky is too small.
 
     Raises
     ------
@@ -151,20 +156,16 @@ def place_sky_sources(exposure: Exposure, config: SkySourceConfig | None = None,
     except ValueError as exc:
         raise ConfigError(f"sky sources: {exc}", stage="skysources") from exc
     ny, nx = exposure.shape
-    avoid = (exposure.mask & plane_bits(config.avoid_planes)) != 0
-    # Distance of each pixel centre to the nearest avoided pixel or to the
-    # ring of pixels just outside the image.
-    padded = np.pad(~avoid, 1, constant_values=False)
-    distance = ndimage.distance_transform_edt(padded)[1:-1, 1:-1]
+    avoid = planes_set(exposure.mask, plane_bits(config.avoid_planes))
     clearance = config.radius_pix + config.grow_pix + HALF_DIAGONAL_PIX
-    free = np.flatnonzero(distance.ravel() > clearance)
     rng = np.random.default_rng(seed)
-    chosen = _sequential_placement(free, nx, config.n_sources, config.separation_pix, rng)
+    sampler = _FreePixelSampler(avoid, clearance, rng)
+    chosen = _sequential_placement(sampler, nx, config.n_sources, config.separation_pix)
     figures = dict(
         n_requested=config.n_sources,
         radius_pix=config.radius_pix,
         grow_pix=config.grow_pix,
-        free_fraction=free.size / avoid.size,
+        free_fraction=sampler.free_fraction(),
     )
     if chosen.size == 0:
         raise NoSourcesError(
@@ -182,10 +183,9 @@ def place_sky_sources(exposure: Exposure, config: SkySourceConfig | None = None,
         data, x, y, config.radius_pix, var=variance, mask=avoid, subpix=0
     )
     if config.set_mask:
-        centres = np.zeros((ny, nx), bool)
-        centres.flat[chosen] = True
-        reach = ndimage.distance_transform_edt(~centres) <= config.radius_pix + HALF_DIAGONAL_PIX
-        exposure.mask[reach] |= MASK_DTYPE(MaskPlane.SKY_SOURCE)
+        reach = config.radius_pix + HALF_DIAGONAL_PIX
+        yy, xx = _disk_pixels(chosen // nx, chosen % nx, reach, (ny, nx))
+        exposure.mask[yy, xx] |= MASK_DTYPE(MaskPlane.SKY_SOURCE)
 
     table = Table()
     for name, values, unit, description in (
@@ -270,25 +270,119 @@ def aperture_effective_pixels(radius_pix: float) -> float:
     return float(np.sum(weights**2))
 
 
-def _sequential_placement(
-    free: np.ndarray, nx: int, n_wanted: int, separation: float, rng: np.random.Generator
-) -> np.ndarray:
+def _sequential_placement(sampler: "_FreePixelSampler", nx: int, n_wanted: int, separation: float) -> np.ndarray:
     """Flat indices of up to ``n_wanted`` free pixels at least ``separation`` apart.
 
-    Equivalent to trying random candidates one by one and keeping each that is
-    far enough from those kept before, but resolved for all candidates at once
-    in a few rounds (a candidate is decided when no undecided earlier
-    candidate is within reach).
+    Equivalent to trying random free pixels one by one and keeping each that
+    is far enough from those kept before, but resolved for a whole pool of
+    candidates at once (see :func:`_greedy_keep`). The pool grows until
+    ``n_wanted`` are kept or every free pixel was tried.
     """
-    if free.size == 0:
-        return free
-    pool = min(free.size, 8 * n_wanted)
+    draws = min(sampler.n_candidates, 16 * n_wanted)
     while True:
-        candidates = free[rng.choice(free.size, size=pool, replace=False)]
+        candidates = sampler.draw(draws)
+        if candidates.size == 0 and draws == sampler.n_candidates:
+            return candidates
         kept = _greedy_keep(candidates, nx, separation)
-        if kept.size >= n_wanted or pool == free.size:
+        if kept.size >= n_wanted or draws == sampler.n_candidates:
             return kept[:n_wanted]
-        pool = min(free.size, 4 * pool)
+        draws = min(sampler.n_candidates, 4 * draws)
+
+
+class _FreePixelSampler:
+    """Uniform random draws of free pixels: further than ``clearance`` from every
+    avoided pixel and from the pixels just outside the image.
+
+    A coarse map does the bulk of the work: the image is cut into blocks of
+    ``b`` x ``b`` pixels, a block is "avoided" when it holds an avoided pixel
+    (or lies partly outside the image), and a Euclidean distance transform of
+    that small map gives, for each block, the distance ``D`` (in blocks) to
+    the nearest avoided block. A pixel of a block has its nearest avoided pixel
+    within ``b D + (b - 1) sqrt(2)``, so blocks with ``b D + (b - 1) sqrt(2)
+    <= clearance`` hold no free pixel. Pixels are drawn uniformly without
+    replacement from the remaining blocks and each is tested exactly (no
+    avoided pixel in the disk of radius ``clearance``); keeping those that
+    pass, in draw order, is a uniform random draw of free pixels.
+    """
+
+    def __init__(self, avoid: np.ndarray, clearance: float, rng: np.random.Generator) -> None:
+        self.avoid = avoid
+        self.clearance = float(clearance)
+        self.rng = rng
+        ny, nx = avoid.shape
+        self.shape = (ny, nx)
+        b = int(np.clip(np.floor(clearance / np.sqrt(2.0)), 1, 8))
+        self.block = b
+        nby, nbx = -(-ny // b), -(-nx // b)
+        padded = np.ones((nby * b, nbx * b), bool)  # outside the image counts as avoided
+        padded[:ny, :nx] = avoid
+        blocked = padded.reshape(nby, b, nbx, b).any(axis=(1, 3))
+        del padded
+        ring = np.ones((nby + 2, nbx + 2), bool)  # blocks outside the image
+        ring[1:-1, 1:-1] = blocked
+        dist = ndimage.distance_transform_edt(~ring)[1:-1, 1:-1]
+        possible = b * dist + (b - 1) * np.sqrt(2.0) > clearance
+        self.blocks = np.flatnonzero(possible)
+        self.nbx = nbx
+        self.n_candidates = int(self.blocks.size) * b * b
+        r = int(np.floor(clearance))
+        dy, dx = np.mgrid[-r : r + 1, -r : r + 1]
+        disk = dy.astype(float) ** 2 + dx.astype(float) ** 2 <= clearance**2
+        self.offsets = (dy[disk], dx[disk])
+        self._n_tested = 0
+        self._n_free = 0
+
+    def draw(self, n: int) -> np.ndarray:
+        """Flat indices of the free pixels among ``n`` distinct random candidates, in draw order."""
+        if n <= 0 or self.n_candidates == 0:
+            return np.zeros(0, np.int64)
+        b, (ny, nx) = self.block, self.shape
+        k = self.rng.choice(self.n_candidates, size=n, replace=False)
+        block, within = np.divmod(k, b * b)
+        by, bx = np.divmod(self.blocks[block], self.nbx)
+        y = by * b + within // b
+        x = bx * b + within % b
+        free = self._is_free(y, x)
+        self._n_tested, self._n_free = n, int(np.count_nonzero(free))
+        return (y * nx + x)[free]
+
+    def _is_free(self, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+        ny, nx = self.shape
+        c = self.clearance
+        # Distance to the ring of pixels just outside the image.
+        ok = (x + 1 > c) & (nx - x > c) & (y + 1 > c) & (ny - y > c)
+        idx = np.flatnonzero(ok)
+        dy, dx = self.offsets
+        step = max(1, _CHUNK_ELEMENTS // dy.size)
+        flat_avoid = self.avoid.ravel()
+        for start in range(0, idx.size, step):
+            sel = idx[start : start + step]
+            flat = (y[sel, None] + dy[None, :]) * nx + (x[sel, None] + dx[None, :])
+            ok[sel] = ~flat_avoid[flat].any(axis=1)
+        return ok
+
+    def free_fraction(self) -> float:
+        """Fraction of the image's pixels that are free, estimated from the last draw.
+
+        Exact when the last draw tested every candidate pixel (few free pixels).
+        """
+        if self._n_tested == 0:
+            return 0.0
+        total = self.shape[0] * self.shape[1]
+        return self._n_free / self._n_tested * self.n_candidates / total
+
+
+def _disk_pixels(
+    cy: np.ndarray, cx: np.ndarray, radius: float, shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and columns of the image pixels within ``radius`` of any centre ``(cy, cx)``."""
+    r = int(np.floor(radius))
+    dy, dx = np.mgrid[-r : r + 1, -r : r + 1]
+    disk = dy.astype(float) ** 2 + dx.astype(float) ** 2 <= radius**2
+    yy = cy[:, None] + dy[disk][None, :]
+    xx = cx[:, None] + dx[disk][None, :]
+    inside = (yy >= 0) & (yy < shape[0]) & (xx >= 0) & (xx < shape[1])
+    return yy[inside], xx[inside]
 
 
 def _greedy_keep(candidates: np.ndarray, nx: int, separation: float) -> np.ndarray:

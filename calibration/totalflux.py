@@ -141,12 +141,12 @@ def measure_total_flux_correction(
         if good.sum() < config.min_stars:
             return None
         ratio = f[good] / cal[good]
-        # The outer aperture's noise dominates the ratio's; inverse-variance mean
-        # with the scatter as the error (robust to underestimated errors).
-        w = (cal[good] / err[good]) ** 2
-        mean = float(np.sum(w * ratio) / np.sum(w))
-        scatter = float(np.sqrt(np.sum(w * (ratio - mean) ** 2) / np.sum(w)))
-        curve.append((r, mean, scatter / np.sqrt(good.sum())))
+        # Median, not mean: a faint neighbour or a galaxy's wing in the outer
+        # annulus of a few stars must not move the curve (it would flip where it
+        # "flattens"); its error from the MAD, 1.25 sigma / sqrt(n) for a median.
+        median = float(np.median(ratio))
+        sigma = 1.4826 * float(np.median(np.abs(ratio - median)))
+        curve.append((r, median, 1.2533 * sigma / np.sqrt(good.sum())))
     n_stars = int(np.sum(ok))
     curve.insert(0, (r_cal, 1.0, 0.0))
     for k in range(len(curve) - 1):

@@ -307,6 +307,39 @@ def test_segmentation_footprints_and_local_background():
     assert not with_seg["local_background_flag"][0]
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_crowded_field_window_ignores_neighbours(seed):
+    """900 stars on 512 x 512 pixels (sep-detected and deblended, as the pipeline
+    does): the centroid window is set by each source's own half-light radius
+    (neighbours masked through the segmentation map). Truth: nearly every
+    primary keeps a windowed centroid, and bright stars are within a quarter
+    pixel for 90 % of them. (With neighbours in the half-light radius, a third
+    of the primaries lost their centroid and the bright 90th percentile
+    reached 0.3-0.4 pix.)"""
+    from scipy.spatial import cKDTree
+
+    from calibration.detection import DetectionConfig, detect_sources
+
+    rng = np.random.default_rng(seed)
+    n, size = 900, 512
+    x, y = rng.uniform(5, size - 5, n), rng.uniform(5, size - 5, n)
+    flux = np.exp(rng.uniform(np.log(2e3), np.log(3e5), n))
+    model = _render((size, size), x, y, flux, SIGMA)
+    var = SKY_RMS**2 + model
+    exposure = make_exposure(model + rng.normal(0.0, np.sqrt(var)), variance=var)
+    det = detect_sources(exposure, DetectionConfig(), background_rms_adu=SKY_RMS, psf_fwhm_pix=FWHM)
+    cat = measure_sources(exposure, det.catalog, MeasureConfig(), background_rms_adu=SKY_RMS,
+                          segmentation=det.deblend_segmentation)
+    primary = np.asarray(cat["detect_isPrimary"])
+    valid = primary & ~np.asarray(cat["centroid_flag"])
+    assert valid.sum() >= 0.98 * primary.sum()
+    dist, idx = cKDTree(np.column_stack([x, y])).query(np.column_stack([cat["x"], cat["y"]])[valid])
+    bright = (flux[idx] > 3e4) & (dist < 1.5)  # S/N > ~100, matched
+    assert bright.sum() > 300
+    assert np.percentile(dist[bright], 50) < 0.02
+    assert np.percentile(dist[bright], 90) < 0.25
+
+
 def test_many_sources_in_one_vectorised_pass():
     rng = np.random.default_rng(9)
     n = 5000
