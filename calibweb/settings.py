@@ -187,6 +187,10 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "ReviewStateEnum": "calibweb.core.models.ReviewState",
+        "ReviewVerdictEnum": "calibweb.core.models.REVIEW_VERDICT_CHOICES",
+    },
 }
 
 LOGGING = {

@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from .models import CalibrationConfig, CalibrationRun, Exposure, ReferenceCatalog, RunOutput
+from .models import CalibrationConfig, CalibrationRun, Exposure, ReferenceCatalog, ReviewEvent, RunOutput
 
 
 @admin.register(Exposure)
@@ -30,10 +30,44 @@ class RunOutputInline(admin.TabularInline):
     readonly_fields = ("name", "kind", "format", "file", "size_bytes", "description")
 
 
+class ReviewEventInline(admin.TabularInline):
+    """The run's review log, read only: reviews go through the app, which logs them."""
+
+    model = ReviewEvent
+    extra = 0
+    fields = readonly_fields = ("created_at", "username", "action", "state", "previous_state", "comment")
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
 @admin.register(CalibrationRun)
 class CalibrationRunAdmin(admin.ModelAdmin):
-    list_display = ("id", "exposure", "config", "status", "stage", "progress", "magzero", "magzero_rms",
-                    "queued_at", "worker_host")
-    list_filter = ("status", "config")
+    list_display = ("id", "exposure", "config", "status", "review_state", "stage", "progress", "magzero",
+                    "magzero_rms", "queued_at", "worker_host")
+    list_filter = ("status", "review_state", "config")
+    list_select_related = ("exposure", "config")
     readonly_fields = [f.name for f in CalibrationRun._meta.fields]
-    inlines = [RunOutputInline]
+    inlines = [RunOutputInline, ReviewEventInline]
+
+
+@admin.register(ReviewEvent)
+class ReviewEventAdmin(admin.ModelAdmin):
+    """The review log across runs. Read only: it is an audit trail (who did what, when)."""
+
+    list_display = ("created_at", "username", "action", "state", "previous_state", "run", "comment")
+    list_filter = ("action", "state")
+    search_fields = ("username", "comment", "run__id")
+    date_hierarchy = "created_at"
+    list_select_related = ("run",)
+    readonly_fields = [f.name for f in ReviewEvent._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

@@ -11,6 +11,14 @@ from django.db import models
 from django.db.models import Q
 from django.urls import reverse
 
+#: Django groups that give a role, created by migration 0003 and managed in the admin.
+#: Reviewers may approve, reject or flag runs; viewers (and users in neither group)
+#: may look and comment. Role groups are not teams: sharing a role group does not
+#: make exposures visible (see ``selectors.team_groups``).
+REVIEWERS_GROUP = "reviewers"
+VIEWERS_GROUP = "viewers"
+ROLE_GROUPS = (REVIEWERS_GROUP, VIEWERS_GROUP)
+
 
 class Exposure(models.Model):
     """An uploaded FITS exposure and the facts read from its header."""
@@ -41,8 +49,11 @@ class Exposure(models.Model):
     class Meta:
         ordering = ["-uploaded_at", "-id"]
         indexes = [
-            models.Index(fields=["instrument", "filter_name"]),
+            # Runs list and trends: one instrument + filter, by observation date.
+            models.Index(fields=["instrument", "filter_name", "date_obs"], name="exposure_inst_filt_date_idx"),
             models.Index(fields=["date_obs"]),
+            # Visibility (exposures of these uploaders) and the filter choices, answered from the index.
+            models.Index(fields=["uploaded_by", "instrument", "filter_name", "id"], name="exposure_owner_idx"),
         ]
 
     def __str__(self) -> str:
@@ -117,6 +128,20 @@ class RunStatus(models.TextChoices):
 ACTIVE_STATUSES = (RunStatus.QUEUED, RunStatus.RUNNING)
 
 
+class ReviewState(models.TextChoices):
+    """A reviewer's verdict on a run. The latest approved run of an exposure is its current calibration."""
+
+    UNREVIEWED = "unreviewed", "Unreviewed"
+    APPROVED = "approved", "Approved"
+    REJECTED = "rejected", "Rejected"
+    NEEDS_ATTENTION = "needs_attention", "Needs attention"
+
+
+#: States a reviewer can set (a run starts unreviewed).
+REVIEW_VERDICTS = (ReviewState.APPROVED, ReviewState.REJECTED, ReviewState.NEEDS_ATTENTION)
+REVIEW_VERDICT_CHOICES = [(s.value, s.label) for s in REVIEW_VERDICTS]
+
+
 class CalibrationRun(models.Model):
     """One calibration of one exposure with one configuration snapshot."""
 
@@ -163,10 +188,31 @@ class CalibrationRun(models.Model):
     timings = models.JSONField(default=dict, blank=True, help_text="Seconds per engine stage.")
     metadata = models.JSONField(default=dict, blank=True, help_text="Every metadata value and QA figure of the run.")
     warnings = models.JSONField(default=list, blank=True)
+    # Team review (the log is ReviewEvent; these columns are its latest state change).
+    review_state = models.CharField(
+        max_length=16, choices=ReviewState.choices, default=ReviewState.UNREVIEWED,
+        help_text="Latest verdict of a reviewer; set through the review form or API, which log it as a ReviewEvent.",
+    )
+    reviewed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="Who set the review state (the full history is in the review events).",
+    )
+    reviewed_at = models.DateTimeField(null=True, blank=True, help_text="When the review state was last set.")
 
     class Meta:
         ordering = ["-queued_at", "-id"]
-        indexes = [models.Index(fields=["exposure", "status"])]
+        indexes = [
+            models.Index(fields=["exposure", "status"]),
+            # Runs list: the default order, and each filter followed by that order.
+            # (exposure last: a page of ids is read from the index alone, visibility included)
+            models.Index(fields=["queued_at", "id", "exposure"], name="run_queued_idx"),
+            models.Index(fields=["status", "queued_at"], name="run_status_queued_idx"),
+            models.Index(fields=["review_state", "queued_at"], name="run_review_queued_idx"),
+            models.Index(fields=["config", "queued_at"], name="run_config_queued_idx"),
+            models.Index(fields=["created_by", "queued_at"], name="run_user_queued_idx"),
+            # Current calibration: the latest approved run of an exposure.
+            models.Index(fields=["exposure", "review_state", "queued_at"], name="run_exposure_review_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"run #{self.pk} of exposure #{self.exposure_id} ({self.status})"
@@ -183,6 +229,43 @@ class CalibrationRun(models.Model):
         if self.started_at and self.finished_at:
             return (self.finished_at - self.started_at).total_seconds()
         return None
+
+
+class ReviewAction(models.TextChoices):
+    REVIEW = "review", "Review"
+    COMMENT = "comment", "Comment"
+
+
+class ReviewEvent(models.Model):
+    """One entry of a run's review log and comment thread: a verdict (with an optional
+    comment) or a comment alone. Written only by ``services.review_run`` and
+    ``services.comment_on_run``; never edited."""
+
+    run = models.ForeignKey(CalibrationRun, on_delete=models.CASCADE, related_name="review_events")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="review_events",
+        help_text="Who did it (kept as ``username`` if the account is deleted).",
+    )
+    username = models.CharField(max_length=150, help_text="User name at the time of the event.")
+    action = models.CharField(max_length=12, choices=ReviewAction.choices,
+                              help_text="A review (state set) or a comment alone.")
+    state = models.CharField(max_length=16, choices=ReviewState.choices, blank=True,
+                             help_text="State set by a review (empty for a comment).")
+    previous_state = models.CharField(max_length=16, choices=ReviewState.choices, blank=True,
+                                      help_text="State before a review (empty for a comment).")
+    comment = models.TextField(blank=True, help_text="Free text, shown escaped.")
+    created_at = models.DateTimeField(auto_now_add=True, help_text="When it happened.")
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [models.Index(fields=["run", "created_at"], name="review_event_run_idx")]
+
+    def __str__(self) -> str:
+        what = f"set {self.state}" if self.action == ReviewAction.REVIEW else "commented"
+        return f"{self.username} {what} on run #{self.run_id}"
+
+    def get_absolute_url(self) -> str:
+        return reverse("run-detail", args=[self.run_id]) + f"#review-event-{self.pk}"
 
 
 class RunOutput(models.Model):

@@ -24,10 +24,15 @@ from django.utils import timezone as dj_timezone
 from .engine import header_facts, validate_engine_config
 from .models import (
     ACTIVE_STATUSES,
+    REVIEW_VERDICTS,
+    ROLE_GROUPS,
     CalibrationConfig,
     CalibrationRun,
     Exposure,
     ReferenceCatalog,
+    ReviewAction,
+    ReviewEvent,
+    ReviewState,
     RunStatus,
 )
 
@@ -121,9 +126,10 @@ def exposure_create(*, user, uploaded_file: UploadedFile, hdu: int | None = None
 
 
 def _shares_group(user, other) -> bool:
+    """Whether ``user`` and ``other`` are in a common team (role groups do not count)."""
     if other is None:
         return False
-    return user.groups.filter(pk__in=other.groups.values("pk")).exists()
+    return user.groups.exclude(name__in=ROLE_GROUPS).filter(pk__in=other.groups.values("pk")).exists()
 
 
 def default_config() -> CalibrationConfig | None:
@@ -197,6 +203,87 @@ def run_cancel(*, run: CalibrationRun, user) -> bool:
 def run_rerun(*, run: CalibrationRun, user, config: CalibrationConfig | None = None) -> CalibrationRun:
     """Start a new run on the same exposure, with another config if given."""
     return run_create(user=user, exposure=run.exposure, config=config or run.config, refcat=run.refcat)
+
+
+#: Longest comment accepted (characters).
+MAX_COMMENT_CHARS = 5000
+
+
+def _check_visible(user, run: CalibrationRun) -> None:
+    from .selectors import runs_visible
+
+    if not runs_visible(user).filter(pk=run.pk).exists():
+        raise PermissionDenied(f"Run #{run.pk} is not visible to you.")
+
+
+def _clean_comment(text: str | None) -> str:
+    text = (text or "").strip()
+    if len(text) > MAX_COMMENT_CHARS:
+        raise ValidationError(f"The comment is {len(text)} characters long; the limit is {MAX_COMMENT_CHARS}.")
+    return text
+
+
+def review_run(*, user, run: CalibrationRun, state: str, comment: str = "") -> ReviewEvent:
+    """Set a run's review state (approved, rejected, needs attention) and log it, atomically.
+
+    Only reviewers (group ``reviewers``) and staff may review. A run is
+    reviewed once it has ended; only a succeeded run can be approved (the
+    latest approved run of an exposure is its current calibration). Setting
+    the state it already has is allowed and logged (a second opinion).
+
+    Raises
+    ------
+    PermissionDenied
+        The user is not a reviewer, or cannot see the run.
+    ValidationError
+        Unknown state, the run is still active, approval of a run that did not
+        succeed, or a comment over :data:`MAX_COMMENT_CHARS`.
+    """
+    from .selectors import can_review
+
+    if not can_review(user):
+        raise PermissionDenied(
+            "Only reviewers can approve, reject or flag runs: ask an administrator to add you to the "
+            "'reviewers' group. You can still comment."
+        )
+    _check_visible(user, run)
+    if state not in REVIEW_VERDICTS:
+        choices = ", ".join(s.value for s in REVIEW_VERDICTS)
+        raise ValidationError(f"Unknown review state {state!r}: choose one of {choices}.")
+    comment = _clean_comment(comment)
+    with transaction.atomic():
+        locked = CalibrationRun.objects.select_for_update().only("pk", "status", "review_state").get(pk=run.pk)
+        if locked.status in ACTIVE_STATUSES:
+            raise ValidationError(f"Run #{run.pk} is still {locked.status}: review it once it has ended.")
+        if state == ReviewState.APPROVED and locked.status != RunStatus.SUCCEEDED:
+            raise ValidationError(f"Run #{run.pk} {locked.status}: only a succeeded run can be approved.")
+        now = dj_timezone.now()
+        CalibrationRun.objects.filter(pk=run.pk).update(review_state=state, reviewed_by=user, reviewed_at=now)
+        event = ReviewEvent.objects.create(
+            run_id=run.pk, user=user, username=user.get_username(), action=ReviewAction.REVIEW, state=state,
+            previous_state=locked.review_state, comment=comment,
+        )
+    run.review_state, run.reviewed_by, run.reviewed_at = state, user, now
+    log.info("run %s reviewed by %s: %s -> %s", run.pk, user.get_username(), event.previous_state, state)
+    return event
+
+
+def comment_on_run(*, user, run: CalibrationRun, text: str) -> ReviewEvent:
+    """Add a comment to a run's thread (anyone who can see the run; the state is unchanged).
+
+    Raises
+    ------
+    PermissionDenied
+        The user cannot see the run.
+    ValidationError
+        Empty comment, or longer than :data:`MAX_COMMENT_CHARS`.
+    """
+    _check_visible(user, run)
+    text = _clean_comment(text)
+    if not text:
+        raise ValidationError("The comment is empty: write something to post.")
+    return ReviewEvent.objects.create(run=run, user=user, username=user.get_username(), action=ReviewAction.COMMENT,
+                                      comment=text)
 
 
 def utcnow() -> datetime:

@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
-
 from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
-from . import diagnostics, plots, reports, services
-from .forms import RerunForm, RunForm
+from . import diagnostics, history, plots, reports, selectors, services
+from .forms import CommentForm, RerunForm, ReviewForm, RunFilterForm, RunForm
 from .models import RunStatus
+from .paging import IdsFirstPaginator
 from .selectors import exposures_visible, runs_visible
+
+#: Runs per page of the runs list.
+RUNS_PER_PAGE = 50
+#: Most runs drawn by the trend plots (the most recent of the selection; the CSV has the same rows).
+TRENDS_MAX_RUNS = 10_000
+#: Most runs compared at once.
+COMPARE_MAX_RUNS = 6
 
 
 def _error_text(exc: ValidationError) -> str:
@@ -60,8 +68,11 @@ def exposure_upload(request: HttpRequest) -> JsonResponse:
 @require_GET
 def exposure_detail(request: HttpRequest, pk: int) -> HttpResponse:
     exposure = get_object_or_404(exposures_visible(request.user), pk=pk)
-    runs = exposure.runs.select_related("config", "refcat").all()[:50]
-    return render(request, "core/exposure_detail.html", {"exposure": exposure, "runs": runs, "run_form": RunForm()})
+    runs = selectors.mark_current(list(exposure.runs.select_related("config", "refcat", "created_by")
+                                       .defer(*selectors.RUN_LIST_DEFERRED)[:50]))
+    return render(request, "core/exposure_detail.html", {
+        "exposure": exposure, "runs": runs, "run_form": RunForm(), "current_run": selectors.current_run(exposure),
+    })
 
 
 @require_POST
@@ -92,23 +103,34 @@ def runs_start(request: HttpRequest) -> HttpResponse:
     return redirect("run-list")
 
 
+def _filter_form(request: HttpRequest) -> tuple[RunFilterForm, selectors.RunFilters]:
+    form = RunFilterForm(request.GET or None, choices=selectors.filter_choices(request.user))
+    return form, form.filters()
+
+
 @require_GET
 def run_list(request: HttpRequest) -> HttpResponse:
-    runs = runs_visible(request.user)
-    status = request.GET.get("status", "")
-    if status in RunStatus.values:
-        runs = runs.filter(status=status)
-    page = Paginator(runs, 50).get_page(request.GET.get("page"))
-    return render(request, "core/run_list.html", {"page": page, "status": status, "statuses": RunStatus.choices})
+    """Visible runs: filtered (instrument, filter, dates, status, review, config, user), sorted, paginated."""
+    form, filters = _filter_form(request)
+    sort = request.GET.get("sort", selectors.DEFAULT_SORT)
+    if sort.lstrip("-") not in selectors.SORTS:
+        sort = selectors.DEFAULT_SORT
+    page = IdsFirstPaginator(selectors.runs_for_list(request.user, filters, sort=sort), RUNS_PER_PAGE).get_page(
+        request.GET.get("page"))
+    selectors.mark_current(page.object_list)
+    return render(request, "core/run_list.html", {"page": page, "form": form, "filters": filters, "sort": sort})
 
 
 @require_GET
 def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
     run = get_object_or_404(runs_visible(request.user), pk=pk)
     outputs = run.outputs.all()
+    selectors.mark_current([run])
     context = {
         "run": run, "outputs": outputs, "rerun_form": RerunForm(initial={"config": run.config_id}),
         "timings": sorted(run.timings.items(), key=lambda kv: -kv[1]) if run.timings else [],
+        "review_events": selectors.review_events(run), "can_review": selectors.can_review(request.user),
+        "review_form": ReviewForm(), "comment_form": CommentForm(),
     }
     if run.status == RunStatus.SUCCEEDED:
         files = diagnostics.RunFiles({o.name: o.file.path for o in outputs})
@@ -216,6 +238,163 @@ def output_download(request: HttpRequest, pk: int, name: str) -> FileResponse:
         output.file.open("rb"), as_attachment=True, filename=f"run{run.pk}_{output.name}",
         content_type=content_types.get(output.format, "application/octet-stream"),
     )
+
+
+# ---------------------------------------------------------------------------- review
+
+
+@require_POST
+def run_review(request: HttpRequest, pk: int) -> HttpResponse:
+    """Set the review state (reviewers and staff; anyone else gets a 403)."""
+    run = get_object_or_404(runs_visible(request.user), pk=pk)
+    if not selectors.can_review(request.user):
+        raise PermissionDenied("Only reviewers can approve, reject or flag runs.")
+    form = ReviewForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Choose a verdict: " + "; ".join(" ".join(v) for v in form.errors.values()))
+        return redirect(run)
+    try:
+        services.review_run(user=request.user, run=run, state=form.cleaned_data["state"],
+                            comment=form.cleaned_data["comment"])
+    except ValidationError as exc:
+        messages.error(request, _error_text(exc))
+        return redirect(run)
+    messages.success(request, f"Run #{run.pk} marked {run.get_review_state_display().lower()}.")
+    return redirect(reverse("run-detail", args=[run.pk]) + "#review")
+
+
+@require_POST
+def run_comment(request: HttpRequest, pk: int) -> HttpResponse:
+    """Add a comment to the run's thread (anyone who can see the run)."""
+    run = get_object_or_404(runs_visible(request.user), pk=pk)
+    form = CommentForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Write a comment first: " + "; ".join(" ".join(v) for v in form.errors.values()))
+        return redirect(run)
+    try:
+        services.comment_on_run(user=request.user, run=run, text=form.cleaned_data["text"])
+    except ValidationError as exc:
+        messages.error(request, _error_text(exc))
+        return redirect(run)
+    return redirect(reverse("run-detail", args=[run.pk]) + "#review")
+
+
+# ---------------------------------------------------------------------------- trends
+
+
+def _trends(request: HttpRequest):
+    form, filters = _filter_form(request)
+    rows = selectors.trend_rows(request.user, filters, limit=TRENDS_MAX_RUNS, history=history.OUTLIER_WINDOW)
+    return form, rows, history.trend_table(rows.shown, rows.history)
+
+
+def _trends_note(shown: int, total: int) -> str:
+    test = history.OutlierTest()
+    runs = f"{total} runs" if shown == total else f"the {shown} most recent of {total} runs"
+    return (f"{runs}; ringed: more than {test.k:g} robust sigma from the median of the previous "
+            f"{test.window} runs of the same instrument + filter")
+
+
+@require_GET
+def run_trends(request: HttpRequest) -> HttpResponse:
+    """MAGZERO, astrometric scatter and PSF FWHM against observation date, outliers flagged."""
+    form, rows, table = _trends(request)
+    n = len(table["run_id"])
+    run_url = reverse("run-detail", args=[987654321]).replace("987654321", "@run_id")
+    item = plots.trends_item(table, run_url=run_url, note=_trends_note(n, rows.total))
+    outliers = [{"run_id": int(table["run_id"][i]), "date_obs": table["date_obs"][i].item(),
+                 "group": table["group"][i], "magzero": float(table["magzero"][i]),
+                 "reference_mag": float(table["reference_mag"][i]), "deviation_mag": float(table["deviation_mag"][i]),
+                 "sigma_mag": float(table["sigma_mag"][i])}
+                for i in reversed(range(n)) if table["outlier"][i]]
+    return render(request, "core/run_trends.html", {
+        "form": form, "item": item, "shown": n, "total": rows.total, "outliers": outliers,
+        "test": history.OutlierTest(), "max_runs": TRENDS_MAX_RUNS,
+    })
+
+
+@require_GET
+def run_trends_csv(request: HttpRequest) -> HttpResponse:
+    """The rows of the trend plots, with the outlier test, as CSV."""
+    _, _, table = _trends(request)
+    columns = {"run_id": table["run_id"], "exposure_id": table["exposure_id"],
+               "date_obs_utc": table["date_obs"].astype("datetime64[ms]").astype(str),
+               "instrument": table["instrument"], "filter": table["filter_name"],
+               "review_state": table["review_state"], "magzero": table["magzero"],
+               "magzero_rms": table["magzero_rms"], "astrom_offset_std_arcsec": table["astrom_offset_std_arcsec"],
+               "psf_fwhm_pix": table["psf_fwhm_pix"], "reference_median_mag": table["reference_mag"],
+               "robust_sigma_mag": table["sigma_mag"], "deviation_mag": table["deviation_mag"],
+               "n_history": table["n_history"], "outlier": table["outlier"]}
+    response = HttpResponse(diagnostics.to_csv(columns), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = 'attachment; filename="calibweb_trends.csv"'
+    return response
+
+
+# ------------------------------------------------------------------------ comparison
+
+
+def _compare_ids(request: HttpRequest) -> list[int]:
+    """Run ids from ``?ids=1,2`` or ``?ids=1&ids=2`` (checkboxes), in order, without repeats."""
+    ids: list[int] = []
+    for value in request.GET.getlist("ids"):
+        for part in value.split(","):
+            part = part.strip()
+            if part.isdigit() and int(part) not in ids:
+                ids.append(int(part))
+    return ids
+
+
+def _compared_runs(request: HttpRequest):
+    """The runs to compare, or an error text (too few or too many); 404 when one is not visible."""
+    ids = _compare_ids(request)
+    if len(ids) < 2:
+        return None, "Select at least two runs to compare (tick them in the runs list)."
+    if len(ids) > COMPARE_MAX_RUNS:
+        return None, f"Compare at most {COMPARE_MAX_RUNS} runs at a time ({len(ids)} selected)."
+    runs = selectors.runs_for_comparison(request.user, ids)
+    if len(runs) != len(ids):
+        raise Http404("one of these runs does not exist or is not yours to see")
+    return runs, ""
+
+
+@require_GET
+def run_compare(request: HttpRequest) -> HttpResponse:
+    """Two or more runs side by side: QA figures with deltas, configuration differences, residual plots."""
+    runs, error = _compared_runs(request)
+    if runs is None:
+        return render(request, "core/run_compare.html", {"error": error}, status=400)
+    selectors.mark_current(runs)
+    config_rows = history.config_differences([r.config_snapshot for r in runs])
+    available = [diagnostics.available_sections(diagnostics.RunFiles({o.name: o.file.path for o in r.outputs.all()}))
+                 if r.status == RunStatus.SUCCEEDED else {} for r in runs]
+    plot_rows = [{"name": name, "title": title, "dataset": f"{name}-matches",
+                  "missing": diagnostics.SECTION_INFO[name][1] if name in diagnostics.SECTION_INFO else "",
+                  "cells": [{"run": r, "available": a.get(name, False)} for r, a in zip(runs, available)]}
+                 for name, title in (("astrometry", "Astrometric residuals"), ("photometry", "Photometric residuals"))]
+    return render(request, "core/run_compare.html", {
+        "runs": runs, "qa_rows": history.qa_rows_for_runs(runs), "config_rows": config_rows,
+        "n_config_differences": sum(r.differs for r in config_rows),
+        "same_exposure": len({r.exposure_id for r in runs}) == 1, "ids": ",".join(str(r.pk) for r in runs),
+        "plot_rows": plot_rows,
+    })
+
+
+@require_GET
+def run_compare_csv(request: HttpRequest, table: str) -> HttpResponse:
+    """The comparison as CSV: ``qa`` (figures, values, deltas against the first run) or ``config``."""
+    runs, error = _compared_runs(request)
+    if runs is None:
+        return HttpResponse(error, status=400, content_type="text/plain; charset=utf-8")
+    ids = [r.pk for r in runs]
+    if table == "qa":
+        columns = history.qa_csv_columns(history.qa_rows_for_runs(runs), ids)
+    elif table == "config":
+        columns = history.config_csv_columns(history.config_differences([r.config_snapshot for r in runs]), ids)
+    else:
+        raise Http404(f"unknown comparison table {table!r}")
+    response = HttpResponse(diagnostics.to_csv(columns), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="compare_{"_".join(map(str, ids))}_{table}.csv"'
+    return response
 
 
 def healthz(request: HttpRequest) -> HttpResponse:

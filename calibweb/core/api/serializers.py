@@ -2,23 +2,32 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
-from ..models import CalibrationConfig, CalibrationRun, Exposure, ReferenceCatalog, RunOutput
+from .. import selectors
+from ..models import REVIEW_VERDICT_CHOICES, CalibrationConfig, CalibrationRun, Exposure, ReferenceCatalog, ReviewEvent, RunOutput
 
 
 class ExposureSerializer(serializers.ModelSerializer):
     uploaded_by = serializers.CharField(source="uploaded_by.username", read_only=True)
     url = serializers.SerializerMethodField()
+    current_run = serializers.SerializerMethodField(
+        help_text="Id of the exposure's current calibration (its latest approved run), or null.")
 
     class Meta:
         model = Exposure
         fields = [
             "id", "url", "original_filename", "size_bytes", "sha256", "hdu_index", "instrument", "filter_name",
             "exptime_s", "date_obs", "mjd_obs", "nx", "ny", "has_wcs", "ra_deg", "dec_deg", "object_name",
-            "warnings", "uploaded_by", "uploaded_at",
+            "warnings", "uploaded_by", "uploaded_at", "current_run",
         ]
 
     def get_url(self, obj) -> str:
         return obj.get_absolute_url()
+
+    def get_current_run(self, obj) -> int | None:
+        current = self.context.get("current_runs")  # exposure id -> run id, for a page (one query)
+        if current is None:
+            current = selectors.current_run_ids([obj.pk])
+        return current.get(obj.pk)
 
 
 class ExposureHeaderSerializer(serializers.ModelSerializer):
@@ -59,6 +68,9 @@ class RunSerializer(serializers.ModelSerializer):
     outputs = OutputSerializer(many=True, read_only=True)
     config_name = serializers.CharField(source="config.__str__", read_only=True, default=None)
     refcat_name = serializers.CharField(source="refcat.name", read_only=True, default=None)
+    reviewed_by = serializers.CharField(source="reviewed_by.username", read_only=True, default=None)
+    is_current = serializers.SerializerMethodField(
+        help_text="Whether this run is its exposure's current calibration (the latest approved run).")
 
     class Meta:
         model = CalibrationRun
@@ -69,12 +81,36 @@ class RunSerializer(serializers.ModelSerializer):
             "magzero_nobj", "colorterm1", "colorterm2", "colorterm3", "photom_scatter_mag",
             "astrom_offset_mean_arcsec", "astrom_offset_std_arcsec", "n_sources", "n_astrom_matches",
             "n_photom_matches", "psf_fwhm_pix", "sky_noise_adu", "background_adu", "wcs_header", "timings",
-            "metadata", "warnings", "outputs",
+            "metadata", "warnings", "outputs", "review_state", "reviewed_by", "reviewed_at", "is_current",
         ]
         read_only_fields = fields
+
+    def get_is_current(self, obj) -> bool:
+        if not hasattr(obj, "is_current"):
+            selectors.mark_current([obj])
+        return obj.is_current
 
 
 class RunCreateSerializer(serializers.Serializer):
     exposure = serializers.IntegerField(help_text="Exposure id.")
     config = serializers.IntegerField(required=False, help_text="Configuration id; default configuration when absent.")
     refcat = serializers.IntegerField(required=False, allow_null=True, help_text="Reference catalogue id.")
+
+
+class ReviewEventSerializer(serializers.ModelSerializer):
+    user = serializers.CharField(source="username", read_only=True)
+
+    class Meta:
+        model = ReviewEvent
+        fields = ["id", "run", "user", "action", "state", "previous_state", "comment", "created_at"]
+        read_only_fields = fields
+
+
+class ReviewSerializer(serializers.Serializer):
+    state = serializers.ChoiceField(choices=REVIEW_VERDICT_CHOICES,
+                                    help_text="The verdict: approved, rejected or needs_attention.")
+    comment = serializers.CharField(required=False, allow_blank=True, default="", help_text="Why (optional).")
+
+
+class CommentSerializer(serializers.Serializer):
+    comment = serializers.CharField(help_text="Text of the comment.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.core.exceptions import ValidationError
 from django.http import FileResponse
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema
@@ -10,14 +11,17 @@ from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from .. import services
-from ..models import CalibrationConfig, ReferenceCatalog
+from .. import selectors, services
+from ..models import CalibrationConfig, ReferenceCatalog, ReviewEvent, ReviewState
 from ..selectors import configs_available, exposures_visible, refcats_available, runs_visible
 from .serializers import (
+    CommentSerializer,
     ConfigSerializer,
     ExposureHeaderSerializer,
     ExposureSerializer,
     RefcatSerializer,
+    ReviewEventSerializer,
+    ReviewSerializer,
     RunCreateSerializer,
     RunSerializer,
     UploadSerializer,
@@ -32,7 +36,8 @@ class ExposureListCreate(APIView):
         qs = exposures_visible(request.user)
         page = generics.GenericAPIView.pagination_class()
         items = page.paginate_queryset(qs, request, view=self)
-        return page.get_paginated_response(ExposureSerializer(items, many=True).data)
+        current = selectors.current_run_ids(e.pk for e in items)
+        return page.get_paginated_response(ExposureSerializer(items, many=True, context={"current_runs": current}).data)
 
     @extend_schema(request=UploadSerializer, responses={201: ExposureSerializer, 200: ExposureSerializer})
     def post(self, request):
@@ -67,8 +72,12 @@ class RunListCreate(APIView):
             qs = qs.filter(status=request.query_params["status"])
         if request.query_params.get("exposure"):
             qs = qs.filter(exposure_id=request.query_params["exposure"])
+        if request.query_params.get("review_state"):
+            if request.query_params["review_state"] not in ReviewState.values:
+                raise ValidationError(f"Unknown review_state: choose one of {', '.join(ReviewState.values)}.")
+            qs = qs.filter(review_state=request.query_params["review_state"])
         page = generics.GenericAPIView.pagination_class()
-        items = page.paginate_queryset(qs, request, view=self)
+        items = selectors.mark_current(page.paginate_queryset(qs, request, view=self))
         return page.get_paginated_response(RunSerializer(items, many=True).data)
 
     @extend_schema(request=RunCreateSerializer, responses={201: RunSerializer})
@@ -98,6 +107,39 @@ class RunCancel(APIView):
         if not cancelled:
             return Response({"detail": f"Run {run.pk} had already ended ({run.status})."}, status=status.HTTP_409_CONFLICT)
         return Response(RunSerializer(run).data)
+
+
+class RunReview(APIView):
+    """Set the run's review state (reviewers and staff only: others get a 403)."""
+
+    @extend_schema(request=ReviewSerializer, responses={201: ReviewEventSerializer})
+    def post(self, request, pk: int):
+        run = get_object_or_404(runs_visible(request.user), pk=pk)
+        form = ReviewSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        event = services.review_run(user=request.user, run=run, state=form.validated_data["state"],
+                                    comment=form.validated_data["comment"])
+        return Response(ReviewEventSerializer(event).data, status=status.HTTP_201_CREATED)
+
+
+class RunReviews(generics.ListAPIView):
+    """The run's review log and comment thread, oldest first; POST a comment (anyone who sees the run)."""
+
+    serializer_class = ReviewEventSerializer
+    queryset = ReviewEvent.objects.none()
+
+    def _run(self):
+        return get_object_or_404(runs_visible(self.request.user), pk=self.kwargs["pk"])
+
+    def get_queryset(self):
+        return selectors.review_events(self._run())
+
+    @extend_schema(request=CommentSerializer, responses={201: ReviewEventSerializer})
+    def post(self, request, pk: int):
+        form = CommentSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        event = services.comment_on_run(user=request.user, run=self._run(), text=form.validated_data["comment"])
+        return Response(ReviewEventSerializer(event).data, status=status.HTTP_201_CREATED)
 
 
 class RunOutputDownload(APIView):

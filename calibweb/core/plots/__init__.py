@@ -1,4 +1,5 @@
-"""Bokeh plots of a run's diagnostics: pure functions, data in, Bokeh models out.
+"""Bokeh plots of a run's diagnostics and of the calibration trends: pure functions, data in,
+Bokeh models out.
 
 Inputs are the plain tables and small dataclasses of
 :mod:`calibweb.core.diagnostics` (which reads the stored outputs); nothing
@@ -24,6 +25,7 @@ from .astrometry import astrometry_layout
 from .image import image_layout
 from .photometry import photometry_layout
 from .report import report_html, report_layout, summary_div
+from .trends import trends_layout
 
 #: Changes whenever the plots change, so that cached items are rebuilt.
 VERSION = f"1/bokeh-{bokeh.__version__}"
@@ -37,10 +39,15 @@ def section_item(section: str, data: Any) -> dict:
     return json_item(SECTION_LAYOUTS[section](data))
 
 
+def trends_item(table, *, run_url: str, note: str = "") -> dict:
+    """The ``json_item`` of the trend plots (see :func:`.trends.trends_layout`)."""
+    return json_item(trends_layout(table, run_url=run_url, note=note))
+
+
 def run_report_html(*, title: str, summary, sections) -> str:
     """The full report of a run (see :func:`.report.report_html`)."""
     return report_html(title=title, summary=summary, sections=sections, builders=SECTION_LAYOUTS)
 
 
 __all__ = ["SECTION_LAYOUTS", "VERSION", "astrometry_layout", "image_layout", "photometry_layout", "report_html",
-           "report_layout", "run_report_html", "section_item", "summary_div"]
+           "report_layout", "run_report_html", "section_item", "summary_div", "trends_item", "trends_layout"]

@@ -17,7 +17,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management.base import BaseCommand
 
 from calibweb.core import services
-from calibweb.core.models import CalibrationConfig, Exposure, ReferenceCatalog
+from calibweb.core.models import REVIEWERS_GROUP, ROLE_GROUPS, CalibrationConfig, Exposure, ReferenceCatalog
 
 DEMO_USER = "demo"
 DEMO_PASSWORD = "calibweb-demo"
@@ -25,7 +25,8 @@ DEMO_SEED = 20261123
 
 
 class Command(BaseCommand):
-    help = "Create the demo user, default configuration, and a simulated exposure with its reference catalogue."
+    help = ("Create the demo user (in demo-team and reviewers), the role groups, the default configuration, and a "
+            "simulated exposure with its reference catalogue.")
 
     def add_arguments(self, parser):
         parser.add_argument("--no-data", action="store_true", help="Only the user and configuration.")
@@ -38,8 +39,10 @@ class Command(BaseCommand):
             user.save()
         team, _ = Group.objects.get_or_create(name="demo-team")
         user.groups.add(team)
-        for name in ("reviewers", "viewers"):
+        # Role groups (also made by migration 0003); the demo user reviews.
+        for name in ROLE_GROUPS:
             Group.objects.get_or_create(name=name)
+        user.groups.add(Group.objects.get(name=REVIEWERS_GROUP))
         if not CalibrationConfig.objects.exists():
             CalibrationConfig.objects.create(
                 name="default", version=1, is_default=True, config={}, created_by=user,
