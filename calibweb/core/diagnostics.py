@@ -171,7 +171,11 @@ def _status(n: int, *, used: NDArray, clipped: NDArray, reserved: NDArray) -> ND
 
 
 def to_csv(columns: Columns) -> str:
-    """CSV text of a table: a header line, then one line per row (floats to 7 significant digits)."""
+    """CSV text of a table: a header line, then one line per row (floats to 7 significant digits).
+
+    Text cells that start like a spreadsheet formula get a leading ``'`` (OWASP's
+    advice against CSV injection): instrument and filter names come from headers.
+    """
     names = list(columns)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -184,9 +188,17 @@ def to_csv(columns: Columns) -> str:
         elif col.dtype.kind == "b":
             formatted.append(["true" if v else "false" for v in col.tolist()])
         else:
-            formatted.append([str(v) for v in col.tolist()])
+            formatted.append([_safe_cell(v) for v in col.tolist()])
     writer.writerows(zip(*formatted))
     return buf.getvalue()
+
+
+def _safe_cell(value: Any) -> str:
+    """Text that a spreadsheet will not run as a formula (header strings are user input)."""
+    text = str(value)
+    if isinstance(value, str) and text[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + text
+    return text
 
 
 def histogram(values: NDArray, groups: Mapping[str, NDArray], *, bins: int = 40,

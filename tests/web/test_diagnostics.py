@@ -385,3 +385,18 @@ def test_report_is_a_self_contained_html_download(client, user, make_fits):
     assert not re.search(r"<link[^>]*\shref=[\"']?(https?:)?//", html)
     assert "Bokeh" in html and html.count("<script") >= 2  # BokehJS inlined, then the document
     assert f"CalibWeb run #{run.pk}" in html and "MAGZERO_RMS" in html
+
+
+def test_csv_text_cells_cannot_run_as_formulas():
+    import numpy as np
+
+    from calibweb.core.diagnostics import to_csv
+
+    text = to_csv({"instrument": np.array(["=HYPERLINK(\"http://x\")", "@SUM(A1)", "SimCam"], dtype=object),
+                   "value": np.array([-1.5, 2.0, 3.0])})
+    import csv
+    import io
+
+    rows = list(csv.reader(io.StringIO(text)))
+    assert rows[1] == ["'=HYPERLINK(\"http://x\")", "-1.5"] and rows[2][0] == "'@SUM(A1)"
+    assert rows[3] == ["SimCam", "3"]
