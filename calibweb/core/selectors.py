@@ -20,6 +20,7 @@ from django.db.models import F, Q, QuerySet
 from .models import (
     REVIEWERS_GROUP,
     ROLE_GROUPS,
+    VIEWERS_GROUP,
     CalibrationConfig,
     CalibrationRun,
     Exposure,
@@ -79,6 +80,16 @@ def can_review(user) -> bool:
     if not (user.is_authenticated and user.is_active):
         return False
     return user.is_staff or user.is_superuser or user.groups.filter(name=REVIEWERS_GROUP).exists()
+
+
+def can_submit(user) -> bool:
+    """Everyone but a plain viewer may upload exposures and start runs: viewers only look."""
+    if not (user.is_authenticated and user.is_active):
+        return False
+    if user.is_staff or user.is_superuser:
+        return True
+    groups = set(user.groups.values_list("name", flat=True))
+    return VIEWERS_GROUP not in groups or REVIEWERS_GROUP in groups
 
 
 def review_events(run: CalibrationRun) -> QuerySet[ReviewEvent]:

@@ -49,6 +49,14 @@ class UploadOutcome:
     created: bool
 
 
+def _require_submitter(user) -> None:
+    from .selectors import can_submit
+
+    if not can_submit(user):
+        raise PermissionDenied("Viewers can only look: ask an administrator to take you out of the 'viewers' "
+                               "group to upload exposures or start runs.")
+
+
 def _store_dir() -> Path:
     path = Path(settings.MEDIA_ROOT) / "exposures"
     path.mkdir(parents=True, exist_ok=True)
@@ -65,10 +73,13 @@ def exposure_create(*, user, uploaded_file: UploadedFile, hdu: int | None = None
 
     Raises
     ------
+    PermissionDenied
+        The user is a viewer (viewers only look).
     UploadError
         Empty, too large, not FITS, truncated, no image, a cube, missing or
         malformed DATE-OBS/FILTER...
     """
+    _require_submitter(user)
     limit = settings.MAX_UPLOAD_BYTES
     client_name = os.path.basename(uploaded_file.name or "upload.fits")[:255]
     if uploaded_file.size is not None and uploaded_file.size > limit:
@@ -144,6 +155,7 @@ def run_create(
     refcat: ReferenceCatalog | None = None,
 ) -> CalibrationRun:
     """Queue a calibration run; the Celery task is sent when the transaction commits."""
+    _require_submitter(user)
     from . import tasks
 
     config = config or default_config()

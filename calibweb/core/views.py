@@ -52,6 +52,8 @@ def exposure_upload(request: HttpRequest) -> JsonResponse:
     for uploaded in files:
         try:
             outcome = services.exposure_create(user=request.user, uploaded_file=uploaded)
+        except PermissionDenied as exc:
+            return JsonResponse({"results": [], "error": str(exc)}, status=403)
         except ValidationError as exc:
             results.append({"name": uploaded.name, "ok": False, "error": _error_text(exc)})
             continue

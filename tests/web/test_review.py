@@ -278,3 +278,24 @@ def test_demo_setup_makes_the_demo_user_a_reviewer():
 
     demo = get_user_model().objects.get(username="demo")
     assert demo.groups.filter(name="reviewers").exists() and selectors.can_review(demo)
+
+
+def test_viewers_only_look_they_cannot_upload_or_start_runs(client, team, run, make_fits):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+    from rest_framework.authtoken.models import Token
+
+    from calibweb.core.models import CalibrationRun, Exposure
+
+    victor = team["viewer"]
+    client.force_login(victor)
+    assert client.get(f"/runs/{run.pk}/").status_code == 200  # looking is fine
+    path = make_fits("v.fits")
+    n_exposures, n_runs = Exposure.objects.count(), CalibrationRun.objects.count()
+    with open(path, "rb") as fh:
+        response = client.post("/exposures/upload/", {"files": [SimpleUploadedFile("v.fits", fh.read())]})
+    assert response.status_code == 403 and "Viewers can only look" in response.json()["error"]
+    token = Token.objects.create(user=victor).key
+    api = client.post("/api/runs/", {"exposure": run.exposure_id}, content_type="application/json",
+                      HTTP_AUTHORIZATION=f"Token {token}")
+    assert api.status_code == 403 and "viewers" in api.json()["detail"]
+    assert (Exposure.objects.count(), CalibrationRun.objects.count()) == (n_exposures, n_runs)
