@@ -43,8 +43,17 @@ definite, otherwise the catalogue's values (or those from ``a, b, theta``)
 are kept and ``shape_flag`` is set.
 
 sep's windowed centroid runs with ``subpix=5`` (SExtractor uses 11: the
-positions agree to 1e-4 pix, at half the cost); the sums above use pixel
-centres.
+positions agree to 1e-4 pix, at half the cost), its half-light radius with
+``subpix=3`` (``r_half`` within 0.1 % of ``subpix=5``, 40 % faster; it only
+sets the window); the sums above use pixel centres.
+
+Deblend parents (``deblend_nChild > 0`` and not ``detect_isPrimary``) keep
+their detection centroid (the isophotal barycentre of the blend) with
+``centroid_flag`` set and no error: their children are measured in their
+place, and no later stage uses a parent's position. Their half-light radius
+and window would be those of the whole blend, the largest and costliest of
+the catalogue. Their windowed moments are still measured, with
+``s = sqrt(a b)`` from the detection ellipse.
 
 Aperture, Kron and PSF fluxes
 -----------------------------
@@ -248,7 +257,8 @@ def _column_docs(config: MeasureConfig) -> dict[str, tuple[Any, str]]:
         "y": (_PIX, "Centroid y (local 0-based pix): windowed (YWIN) where it converged, else the detection y."),
         "x_err": (_PIX, "1-sigma error of x: variance plane propagated through the windowed-centroid equation."),
         "y_err": (_PIX, "1-sigma error of y: variance plane propagated through the windowed-centroid equation."),
-        "centroid_flag": (_FLAG, "Windowed centroid failed or moved too far, position invalid, or empty footprint."),
+        "centroid_flag": (_FLAG, "Windowed centroid failed or moved too far, not measured (deblend parent), "
+                                 "position invalid, or empty footprint."),
         "shape_xx": (_PIX**2, "Second moment <dx^2> (pix^2), windowed and window-deconvolved (else detection's)."),
         "shape_yy": (_PIX**2, "Second moment <dy^2> (pix^2), windowed and window-deconvolved (else detection's)."),
         "shape_xy": (_PIX**2, "Second moment <dx dy> (pix^2), windowed and window-deconvolved (else detection's)."),
@@ -399,7 +409,14 @@ def measure_sources(
     a, b, theta, ellipse_ok = _sanitised_ellipse(out)
     ids = np.asarray(out["id"], dtype=np.int64) if "id" in out.colnames else np.zeros(n, np.int64)
 
-    cen = _centroid(ctx, np.where(pos_ok, x0, 0.0), np.where(pos_ok, y0, 0.0), a, b, pos_ok, config, ids)
+    # Deblend parents (children measured in their place) keep the detection centroid.
+    parent = np.zeros(n, bool)
+    if "deblend_nChild" in out.colnames:
+        parent = np.asarray(out["deblend_nChild"], np.int64) > 0
+        if "detect_isPrimary" in out.colnames:
+            parent &= ~np.asarray(out["detect_isPrimary"], bool)
+    cen = _centroid(ctx, np.where(pos_ok, x0, 0.0), np.where(pos_ok, y0, 0.0), a, b, pos_ok, config, ids,
+                    parent=parent)
     xc, yc = cen["x"], cen["y"]
     det_xx, det_yy, det_xy = _ellipse_moments(out, a, b, theta)
     shape_ok = cen["shape_ok"]
@@ -572,8 +589,17 @@ def _centroid(
     ok: np.ndarray,
     config: MeasureConfig,
     ids: np.ndarray | None = None,
+    *,
+    parent: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """Windowed centroid, its covariance and window-deconvolved second moments."""
+    """Windowed centroid, its covariance and window-deconvolved second moments.
+
+    Sources marked ``parent`` (deblend parents whose children are measured)
+    keep the detection centroid with ``flag`` set and NaN errors; only their
+    windowed moments are measured, in a window of ``sigma = sqrt(a b)``. Their
+    positions serve no later stage (PSF, astrometry and photometry use
+    primary sources), and a blend's half-light radius and window are large.
+    """
     n = xs.size
     nan = np.full(n, np.nan)
     res = {"x": xs.copy(), "y": ys.copy(), "x_err": nan.copy(), "y_err": nan.copy(),
@@ -586,6 +612,8 @@ def _centroid(
         return res
     ny, nx = ctx.image.shape
     rmax = np.clip(6.0 * a, 3.0, 4 * _MAX_WINDOW_SIGMA)
+    parent = np.zeros(n, bool) if parent is None else np.asarray(parent, bool)
+    measure = ok & ~parent
     # Half-light radius setting the window: a source that owns pixels of the
     # segmentation map is measured with the other sources' pixels masked, as
     # SExtractor masks neighbours; without that a neighbour inflates r_half and
@@ -593,21 +621,24 @@ def _centroid(
     owns = np.zeros(n, bool)
     if ctx.segmentation is not None and ids is not None:
         present = _ids_present(ctx.segmentation, int(ids.max(initial=0)))
-        owns = ok & (ids > 0) & (ids < present.size)
+        owns = measure & (ids > 0) & (ids < present.size)
         owns[owns] = present[ids[owns]]
     r_half = np.full(n, np.nan)
     if owns.any():
         r_half[owns], _ = sep.flux_radius(ctx.image, xs[owns], ys[owns], rmax[owns], 0.5, mask=ctx.bad,
-                                          segmap=ctx.segmentation, seg_id=ids[owns].astype(np.int32), subpix=5)
-    if not owns.all():
-        rest = ~owns
-        r_half[rest], _ = sep.flux_radius(ctx.image, xs[rest], ys[rest], rmax[rest], 0.5, mask=ctx.bad, subpix=5)
+                                          segmap=ctx.segmentation, seg_id=ids[owns].astype(np.int32), subpix=3)
+    rest = measure & ~owns
+    if rest.any():
+        r_half[rest], _ = sep.flux_radius(ctx.image, xs[rest], ys[rest], rmax[rest], 0.5, mask=ctx.bad, subpix=3)
     sig = 2.0 / 2.3548 * r_half
     sig = np.where(np.isfinite(sig) & (sig > 0), sig, np.sqrt(a * b))
     sig = np.clip(sig, _MIN_WINDOW_SIGMA, _MAX_WINDOW_SIGMA)
-    xw, yw, _ = sep.winpos(ctx.image, xs, ys, sig, mask=ctx.bad, subpix=5)
+    xw, yw = np.full(n, np.nan), np.full(n, np.nan)
+    if measure.any():
+        xw[measure], yw[measure], _ = sep.winpos(ctx.image, xs[measure], ys[measure], sig[measure], mask=ctx.bad,
+                                                 subpix=5)
     good = (
-        ok
+        measure
         & np.isfinite(xw)
         & np.isfinite(yw)
         & (np.hypot(xw - xs, yw - ys) <= config.centroid_max_shift_pix)

@@ -382,3 +382,31 @@ def test_empty_catalogue_bad_inputs_and_config():
         config_from_dict(MeasureConfig, {"psf_stamp_size_pix": 20})
     with pytest.raises(ConfigError):
         config_from_dict(MeasureConfig, {"centroid_window": "sdss"})
+
+
+def test_deblend_parents_keep_the_detection_centroid():
+    """A deblended pair: its children get windowed centroids near the truth; the
+    parent (not primary) keeps the detection centroid with centroid_flag set and
+    no error, and is still measured otherwise (apertures, windowed moments)."""
+    from calibration.detection import DetectionConfig, detect_sources
+
+    rng = np.random.default_rng(3)
+    x, y = np.array([60.0, 65.5, 30.0]), np.array([60.0, 61.0, 30.0])
+    flux = np.array([2e5, 1.5e5, 1e5])
+    model = _render((128, 128), x, y, flux, SIGMA)
+    image, var = _observe(rng, model, 1.0)
+    exposure = make_exposure(image, variance=var)
+    det = detect_sources(exposure, DetectionConfig(), background_rms_adu=SKY_RMS, psf_fwhm_pix=FWHM)
+    cat = measure_sources(exposure, det.catalog, MeasureConfig(), background_rms_adu=SKY_RMS,
+                          segmentation=det.deblend_segmentation)
+    parent = (np.asarray(cat["deblend_nChild"]) > 0) & ~np.asarray(cat["detect_isPrimary"], bool)
+    assert parent.sum() == 1
+    np.testing.assert_array_equal(cat["x"][parent], det.catalog["x"][parent])
+    np.testing.assert_array_equal(cat["y"][parent], det.catalog["y"][parent])
+    assert cat["centroid_flag"][parent].all() and np.isnan(cat["x_err"][parent]).all()
+    assert np.isfinite(cat["apflux_6_0"][parent]).all() and np.isfinite(cat["shape_xx"][parent]).all()
+    primary = np.asarray(cat["detect_isPrimary"], bool)
+    assert primary.sum() == 3 and not cat["centroid_flag"][primary].any()
+    for xt, yt in zip(x, y):
+        d = np.hypot(cat["x"][primary] - xt, cat["y"][primary] - yt)
+        assert d.min() < 0.25  # a blended neighbour 5.5 pix away pulls by ~0.1 pix
