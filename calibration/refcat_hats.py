@@ -38,6 +38,7 @@ from astropy.table import Table
 
 from .configbase import doc_field
 from .errors import ConfigError, ReferenceCatalogError
+from .tables import from_arrow
 
 __all__ = [
     "CONVENTION_PROPERTY",
@@ -419,7 +420,7 @@ def read_hats_cone(cat: HatsCatalog, columns: tuple[str, ...], *, cone: tuple[fl
               for p in pixels]
     arrow = pa.concat_tables(pieces) if len(pieces) > 1 else pieces[0]
     stats["rows_read"] = arrow.num_rows
-    return _arrow_to_table(arrow), stats
+    return from_arrow(arrow), stats
 
 
 def coverage_figures(cat: HatsCatalog, ra_deg: float, dec_deg: float) -> dict[str, Any]:
@@ -516,15 +517,3 @@ def _read_partition(location: str, stamp: int | None, order: int, pixel: int, co
         raise ReferenceCatalogError(
             f"cannot read partition Norder={order} Npix={pixel} of {location}: {type(exc).__name__}: {exc}",
             stage=STAGE, location=location, order=order, pixel=pixel) from exc
-
-
-def _arrow_to_table(arrow) -> Table:
-    table = Table()
-    for field, column in zip(arrow.schema, arrow.columns):
-        table[field.name] = column.to_numpy(zero_copy_only=False)
-        meta = {k.decode(): v.decode() for k, v in (field.metadata or {}).items()}
-        if "unit" in meta:
-            table[field.name].unit = meta["unit"]
-        if "description" in meta:
-            table[field.name].description = meta["description"]
-    return table

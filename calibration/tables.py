@@ -120,6 +120,14 @@ def _read_parquet(path: Path) -> Table:
     import pyarrow.parquet as pq
 
     arrow = pq.read_table(path)
+    table = from_arrow(arrow)
+    table.meta.update({k.decode(): v.decode() for k, v in (arrow.schema.metadata or {}).items()})
+    return table
+
+
+def from_arrow(arrow: Any) -> Table:
+    """An astropy Table of a pyarrow Table's columns, with the units and descriptions
+    :func:`to_arrow` keeps in the field metadata."""
     table = Table()
     for field, column in zip(arrow.schema, arrow.columns):
         table[field.name] = column.to_numpy(zero_copy_only=False)
@@ -128,5 +136,4 @@ def _read_parquet(path: Path) -> Table:
             table[field.name].unit = meta["unit"]
         if "description" in meta:
             table[field.name].description = meta["description"]
-    table.meta.update({k.decode(): v.decode() for k, v in (arrow.schema.metadata or {}).items()})
     return table
