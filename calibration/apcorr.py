@@ -41,6 +41,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from .configbase import doc_field
 from .errors import CalibrationError, ConfigError, NoSourcesError
+from .stats import mad_sigma
 
 __all__ = [
     "ApCorrConfig",
@@ -51,7 +52,6 @@ __all__ = [
 ]
 
 _STAGE = "apcorr"
-_MAD_TO_SIGMA = 1.4826
 
 
 @dataclasses.dataclass(frozen=True)
@@ -400,7 +400,7 @@ def _measure_field(
         resid = r - design @ coef
         norm = resid * np.sqrt(w)
         centre = float(np.median(norm[keep]))
-        scale = _MAD_TO_SIGMA * float(np.median(np.abs(norm[keep] - centre)))
+        scale = mad_sigma(norm[keep], centre=centre)
         # Centred on the median: a first fit pulled by outliers still keeps the good stars.
         new = np.abs(norm - centre) <= config.n_sigma_clip * scale if scale > 0 else keep
         if new.sum() < config.min_stars:
@@ -411,7 +411,7 @@ def _measure_field(
     sw = np.sqrt(w[keep])
     coef = np.linalg.lstsq(design[keep] * sw[:, None], r[keep] * sw, rcond=None)[0]
     resid = (r - design @ coef)[keep]
-    scatter = _MAD_TO_SIGMA * float(np.median(np.abs(resid - np.median(resid))))
+    scatter = mad_sigma(resid)
     n_used = int(keep.sum())
     return ApCorrField(
         name=name,

@@ -35,6 +35,7 @@ from .background import (
 from .configbase import doc_field
 from .errors import BadExposureError, CalibrationError, ConfigError, NoSourcesError
 from .exposure import MASK_DTYPE, Exposure, MaskPlane, planes_set, release_free_memory
+from .stats import mad_sigma
 
 __all__ = [
     "CrowdedFieldError",
@@ -546,7 +547,7 @@ def _noise_image(
         good = data[~masked]
         if good.size == 0:
             return np.zeros(data.shape, np.float32)
-        rms = 1.4826 * float(np.median(np.abs(good - np.median(good))))
+        rms = mad_sigma(good)
     arr = np.asarray(rms, dtype=np.float32)
     if arr.ndim == 0:
         return np.full(data.shape, arr, np.float32)

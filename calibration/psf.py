@@ -64,7 +64,7 @@ from scipy.spatial import cKDTree
 from .configbase import doc_field
 from .errors import ConfigError, PsfError
 from .exposure import Exposure, MaskPlane
-from .stats import grid_median
+from .stats import MAD_TO_SIGMA, grid_median, mad_sigma
 from .psfmodel import (
     FWHM_PER_SIGMA,
     MoffatPsfModel,
@@ -94,7 +94,6 @@ __all__ = [
 ]
 
 _STAGE = "psf"
-_MAD_TO_SIGMA = 1.4826
 #: Fewest sources near the densest size for which the stellar locus is fitted.
 _MIN_LOCUS_FIT = 10
 #: Bound on mask values gathered per chunk of sources in the selection (memory).
@@ -395,7 +394,7 @@ def _stellar_locus(
             break
         coef = np.linalg.lstsq(design[members], log_size[members], rcond=None)[0]
         resid = log_size - design @ coef
-        sigma = _MAD_TO_SIGMA * float(np.median(np.abs(resid[members] - np.median(resid[members]))))
+        sigma = mad_sigma(resid[members])
         new = near & (np.abs(resid) <= max(config.size_clip_sigma * sigma, w0))
         if np.array_equal(new, members):
             break
@@ -628,7 +627,7 @@ def _bounds(x: NDArray, y: NDArray) -> tuple[float, float, float, float]:
 
 def _robust_upper(values: NDArray, n_sigma: float) -> float:
     med = float(np.median(values))
-    return med + n_sigma * _MAD_TO_SIGMA * float(np.median(np.abs(values - med)))
+    return med + n_sigma * mad_sigma(values, centre=med)
 
 
 def _star_weights(flux: NDArray, var: NDArray, cap: float) -> NDArray:
@@ -725,7 +724,7 @@ def _fit_moffat_model(
         if iteration == config.n_clip_iter:
             break
         resid = (values - design @ coef) * sw[:, None]
-        scale = _MAD_TO_SIGMA * np.median(np.abs(resid[used] - np.median(resid[used], axis=0)), axis=0)
+        scale = MAD_TO_SIGMA * np.median(np.abs(resid[used] - np.median(resid[used], axis=0)), axis=0)
         within = (np.abs(resid) <= config.clip_sigma * np.maximum(scale, 1e-12)).all(axis=1)
         new = used & within
         if new.sum() < config.min_stars or np.array_equal(new, used):

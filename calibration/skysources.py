@@ -24,6 +24,7 @@ from .background import plane_bits
 from .configbase import doc_field
 from .errors import ConfigError, NoSourcesError
 from .exposure import MASK_DTYPE, Exposure, MaskPlane, planes_set
+from .stats import mad_sigma
 
 __all__ = [
     "SkyNoise",
@@ -37,7 +38,6 @@ __all__ = [
 #: ``radius + HALF_DIAGONAL`` from a pixel centre does not overlap that pixel.
 HALF_DIAGONAL_PIX = float(np.sqrt(0.5))
 #: Normal-consistent scale of the median absolute deviation.
-MAD_TO_SIGMA = 1.4826
 #: Bound on gathered mask values per chunk of the exact free-pixel test.
 _CHUNK_ELEMENTS = 4_000_000
 
@@ -242,7 +242,7 @@ def measure_sky_noise(table: Table, radius_pix: float) -> SkyNoise:
             n_rows=len(table),
         )
     median = float(np.median(flux))
-    aperture_rms = MAD_TO_SIGMA * float(np.median(np.abs(flux - median)))
+    aperture_rms = mad_sigma(flux, centre=median)
     effective = aperture_effective_pixels(radius_pix)
     return SkyNoise(
         per_pixel_rms_adu=aperture_rms / float(np.sqrt(effective)),

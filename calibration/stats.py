@@ -4,6 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 
+#: Standard deviation per unit of median absolute deviation, for Gaussian noise.
+MAD_TO_SIGMA = 1.482602218505602
+
+
+def mad_sigma(values: np.ndarray, *, centre: float | None = None) -> float:
+    """Robust standard deviation: ``MAD_TO_SIGMA`` times the median absolute deviation
+    from ``centre`` (default: the median of ``values``)."""
+    values = np.asarray(values, dtype=float)
+    if centre is None:
+        centre = float(np.median(values))
+    return MAD_TO_SIGMA * float(np.median(np.abs(values - centre)))
+
 
 def row_median(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """Median of ``values[i][valid[i]]`` for each row (float64); NaN for an empty row."""

@@ -25,6 +25,7 @@ from astropy.table import Table
 from scipy.spatial import cKDTree
 
 from .configbase import doc_field
+from .stats import mad_sigma
 
 __all__ = ["TotalFluxConfig", "TotalFluxCorrection", "measure_total_flux_correction"]
 
@@ -145,7 +146,7 @@ def measure_total_flux_correction(
         # annulus of a few stars must not move the curve (it would flip where it
         # "flattens"); its error from the MAD, 1.25 sigma / sqrt(n) for a median.
         median = float(np.median(ratio))
-        sigma = 1.4826 * float(np.median(np.abs(ratio - median)))
+        sigma = mad_sigma(ratio, centre=median)
         curve.append((r, median, 1.2533 * sigma / np.sqrt(good.sum())))
     n_stars = int(np.sum(ok))
     curve.insert(0, (r_cal, 1.0, 0.0))

@@ -43,6 +43,8 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from numpy.typing import NDArray
 
+from calibration.stats import MAD_TO_SIGMA
+
 from .diagnostics import SummaryRow, summary_rows
 
 #: N: how many previous runs of the same instrument + filter make the reference median.
@@ -53,8 +55,6 @@ OUTLIER_K = 5.0
 OUTLIER_MIN_HISTORY = 10
 #: Smallest robust sigma used (mag).
 OUTLIER_SIGMA_FLOOR_MAG = 0.01
-#: Robust standard deviation per unit of median absolute deviation (Gaussian).
-MAD_TO_SIGMA = 1.482602218505602
 
 
 @dataclasses.dataclass(frozen=True)
