@@ -56,12 +56,13 @@ def _isolated(sources: Table, radius_pix: float, flux: np.ndarray, *, max_neighb
         isolated[ok] = True
         return isolated
     rows = np.flatnonzero(ok)
-    tree = cKDTree(xy[ok])
     f = np.where(np.isfinite(flux[ok]), flux[ok], 0.0)
-    neighbours = tree.query_ball_point(xy[ok], r=radius_pix)
-    for i, nb in enumerate(neighbours):
-        brightest = max((f[j] for j in nb if j != i), default=0.0)
-        isolated[rows[i]] = brightest <= max_neighbour_flux_ratio * max(f[i], 0.0)
+    # Brightest neighbour of each source, from the array of close pairs (no loop per source).
+    pairs = cKDTree(xy[ok]).query_pairs(r=radius_pix, output_type="ndarray")
+    brightest = np.zeros(rows.size)
+    np.maximum.at(brightest, pairs[:, 0], f[pairs[:, 1]])
+    np.maximum.at(brightest, pairs[:, 1], f[pairs[:, 0]])
+    isolated[rows] = brightest <= max_neighbour_flux_ratio * np.maximum(f, 0.0)
     return isolated
 
 
