@@ -78,12 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         files = write_outputs(result, args.out)
         timings = {"read": read_s, **{k: v for k, v in result.timings_s.items() if k != "read"},
                    "write": time.perf_counter() - t1}
-    except CalibrationError as exc:
-        print(f"calibrate: failed in stage '{exc.stage}': {exc.message}", file=sys.stderr)
-        return 2
-    except (OSError, json.JSONDecodeError) as exc:
-        print(f"calibrate: {exc}", file=sys.stderr)
-        return 2
+    except (CalibrationError, OSError, json.JSONDecodeError) as exc:
+        return _fail(exc)
     print(f"\n{len(result.sources)} sources; outputs in {args.out}:")
     for f in files:
         print(f"  {f.name:28s} {f.description}")
@@ -100,6 +96,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {stage:14s} {seconds:8.3f}")
     print(f"  {'total':14s} {sum(timings.values()):8.3f}")
     return 0
+
+
+def _fail(exc: Exception) -> int:
+    """One line on stderr naming the stage and the reason; exit status 2."""
+    if isinstance(exc, CalibrationError):
+        print(f"calibrate: failed in stage '{exc.stage}': {exc.message}", file=sys.stderr)
+    else:
+        print(f"calibrate: {exc}", file=sys.stderr)
+    return 2
 
 
 def _add_refcat_parser(sub) -> None:
@@ -144,12 +149,8 @@ def _refcat_command(args) -> int:
         elapsed = time.perf_counter() - t0
         # Re-open through hats (properties, partitions, schema; no data): what a run will see.
         cat = open_hats_catalog(path)
-    except CalibrationError as exc:
-        print(f"calibrate: failed in stage '{exc.stage}': {exc.message}", file=sys.stderr)
-        return 2
-    except (OSError, json.JSONDecodeError) as exc:
-        print(f"calibrate: {exc}", file=sys.stderr)
-        return 2
+    except (CalibrationError, OSError, json.JSONDecodeError) as exc:
+        return _fail(exc)
     bands = [c[: -len("_mag")] for c in cat.columns if c.endswith("_mag")]
     epoch = "unknown" if cat.epoch_mjd is None else f"MJD {cat.epoch_mjd:.3f}"
     if cat.epoch_mjd is None and "epoch_mjd" in cat.columns:
