@@ -64,19 +64,26 @@ def background_figure(background, *, factor: int, shape: tuple[int, int], width:
     """The background model that was subtracted (ADU), block-averaged."""
     if background is None:
         return no_data_figure("Background model", "this run has no background model", width=width)
-    ny, nx = shape
     bg = np.asarray(background, np.float32)
     finite = bg[np.isfinite(bg)]
     lo, hi = (float(np.percentile(finite, 1)), float(np.percentile(finite, 99))) if finite.size else (0.0, 1.0)
-    mapper = LinearColorMapper(palette=Viridis256, low=lo, high=hi if hi > lo else lo + 1.0, nan_color="white")
     note = "" if factor == 1 else f", {factor}×{factor} blocks"
-    fig = panel(f"Background model (ADU{note})", "x (pix)", "y (pix)", width=width,
-                height=max(200, int((width - 60) * ny / nx)), match_aspect=True,
-                x_range=Range1d(-0.5, nx - 0.5), y_range=Range1d(-0.5, ny - 0.5), tools=IMAGE_TOOLS)
-    fig.name = "background"
-    r = fig.image(image=[bg], x=-0.5, y=-0.5, dw=nx, dh=ny, color_mapper=mapper)
-    add_hover(fig, [r], [("x, y", "$x{0}, $y{0}"), ("background", "@image{0.00} ADU")])
-    fig.add_layout(ColorBar(color_mapper=mapper, title="ADU", width=8), "right")
+    return _field_map(bg, f"Background model (ADU{note})", name="background", low=lo,
+                      high=hi if hi > lo else lo + 1.0, hover=("background", "@image{0.00} ADU"), unit="ADU", shape=shape, width=width)
+
+
+def _field_map(values, title: str, *, name: str, low: float, high: float, hover: tuple[str, str], unit: str,
+               shape: tuple[int, int], width: int):
+    """A quantity sampled on a grid, stretched over the detector's pixel extent, with a colour bar."""
+    ny, nx = shape
+    mapper = LinearColorMapper(palette=Viridis256, low=low, high=high, nan_color="white")
+    fig = panel(title, "x (pix)", "y (pix)", width=width, height=max(200, int((width - 60) * ny / nx)),
+                match_aspect=True, x_range=Range1d(-0.5, nx - 0.5), y_range=Range1d(-0.5, ny - 0.5),
+                tools=IMAGE_TOOLS)
+    fig.name = name
+    r = fig.image(image=[values], x=-0.5, y=-0.5, dw=nx, dh=ny, color_mapper=mapper)
+    add_hover(fig, [r], [("x, y", "$x{0}, $y{0}"), hover])
+    fig.add_layout(ColorBar(color_mapper=mapper, title=unit, width=8), "right")
     return fig
 
 
@@ -119,19 +126,12 @@ def fwhm_map_figure(psf: PsfData | None, *, shape: tuple[int, int], width: int =
     """The PSF FWHM (pix) over the field, from the model on a grid."""
     if psf is None:
         return no_data_figure("PSF FWHM", "this run has no PSF model", width=width)
-    ny, nx = shape
     grid = np.asarray(psf.fwhm["fwhm_pix"], np.float32).reshape(psf.grid_n, psf.grid_n)
     finite = grid[np.isfinite(grid)]
     lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-    mapper = LinearColorMapper(palette=Viridis256, low=lo, high=hi if hi > lo else lo + 0.01, nan_color="white")
-    fig = panel(f"PSF FWHM over the field: {np.nanmedian(grid):.2f} pix median", "x (pix)", "y (pix)", width=width,
-                height=max(200, int((width - 60) * ny / nx)), match_aspect=True,
-                x_range=Range1d(-0.5, nx - 0.5), y_range=Range1d(-0.5, ny - 0.5), tools=IMAGE_TOOLS)
-    fig.name = "psf_fwhm"
-    r = fig.image(image=[grid], x=-0.5, y=-0.5, dw=nx, dh=ny, color_mapper=mapper)
-    add_hover(fig, [r], [("x, y", "$x{0}, $y{0}"), ("FWHM", "@image{0.000} pix")])
-    fig.add_layout(ColorBar(color_mapper=mapper, title="pix", width=8), "right")
-    return fig
+    return _field_map(grid, f"PSF FWHM over the field: {np.nanmedian(grid):.2f} pix median", name="psf_fwhm",
+                      low=lo, high=hi if hi > lo else lo + 0.01, hover=("FWHM", "@image{0.000} pix"), unit="pix",
+                      shape=shape, width=width)
 
 
 def image_layout(data: ImageData):
