@@ -450,7 +450,7 @@ class _Stamps:
     """Pixels about a set of sources: flat indices clipped into the image and which are inside."""
 
     flat: np.ndarray  # (n, m) int64, valid everywhere (clipped)
-    inside: np.ndarray  # (n, m) bool
+    inside: np.ndarray | None  # (n, m) bool; None when every pixel is inside the image
 
 
 @dataclasses.dataclass
@@ -494,34 +494,47 @@ class _Context:
                    variance=variance, floor_var=floor_var)
 
     def index(self, ix: np.ndarray, iy: np.ndarray, dx: np.ndarray, dy: np.ndarray) -> _Stamps:
-        """Pixels at offsets ``(dx, dy)`` about ``(ix, iy)``: shape ``(n, m)``."""
+        """Pixels at offsets ``(dx, dy)`` about ``(ix, iy)``: shape ``(n, m)``.
+
+        Most stamps lie wholly inside the image: their indices are one
+        broadcast sum, and only the stamps crossing a border are clipped.
+        """
         ny, nx = self.image.shape
-        px = ix[:, None] + dx[None, :]
-        py = iy[:, None] + dy[None, :]
-        inside = (px >= 0) & (px < nx) & (py >= 0) & (py < ny)
-        np.clip(px, 0, nx - 1, out=px)
-        np.clip(py, 0, ny - 1, out=py)
-        py *= nx
-        py += px
-        return _Stamps(py, inside)
+        flat = (iy * nx + ix)[:, None] + (dy * nx + dx)[None, :]
+        if dx.size == 0 or ix.size == 0:
+            return _Stamps(flat, None)
+        crosses = (ix + dx.min() < 0) | (ix + dx.max() >= nx) | (iy + dy.min() < 0) | (iy + dy.max() >= ny)
+        if not crosses.any():
+            return _Stamps(flat, None)
+        rows = np.flatnonzero(crosses)
+        px = ix[rows, None] + dx[None, :]
+        py = iy[rows, None] + dy[None, :]
+        inside = np.ones(flat.shape, bool)
+        inside[rows] = (px >= 0) & (px < nx) & (py >= 0) & (py < ny)
+        flat[rows] = np.clip(py, 0, ny - 1) * nx + np.clip(px, 0, nx - 1)
+        return _Stamps(flat, inside)
 
     def image_at(self, st: _Stamps) -> np.ndarray:
-        return np.where(st.inside, self.image.ravel()[st.flat], np.float32(0))
+        values = self.image.ravel()[st.flat]
+        return values if st.inside is None else np.where(st.inside, values, np.float32(0))
 
     def var_at(self, st: _Stamps) -> np.ndarray:
-        v = self.variance.ravel()[st.flat]
-        v = np.where(np.isfinite(v) & (v > 0), v, np.float32(self.floor_var))
-        return np.where(st.inside, v, np.float32(0))
+        # ``var`` already holds the floor where the variance plane is unusable.
+        values = self.var.ravel()[st.flat]
+        return values if st.inside is None else np.where(st.inside, values, np.float32(0))
 
     def mask_at(self, st: _Stamps) -> np.ndarray:
-        return np.where(st.inside, self.mask.ravel()[st.flat].astype(np.int64), _OFF_IMAGE)
+        values = self.mask.ravel()[st.flat].astype(np.int64)
+        return values if st.inside is None else np.where(st.inside, values, _OFF_IMAGE)
 
     def usable_at(self, st: _Stamps) -> np.ndarray:
-        return st.inside & ~self.bad.ravel()[st.flat]
+        usable = ~self.bad.ravel()[st.flat]
+        return usable if st.inside is None else usable & st.inside
 
     def seg_at(self, st: _Stamps) -> np.ndarray:
         assert self.segmentation is not None
-        return np.where(st.inside, self.segmentation.ravel()[st.flat], 0)
+        values = self.segmentation.ravel()[st.flat]
+        return values if st.inside is None else np.where(st.inside, values, 0)
 
 
 def _ids_present(segmentation: np.ndarray, max_id: int) -> np.ndarray:

@@ -35,7 +35,8 @@ from . import __version__
 from .background import BackgroundConfig, BackgroundModel
 from .configbase import config_from_dict, config_to_dict, doc_field
 from .cosmicrays import CosmicRayConfig, find_and_repair_cosmic_rays
-from .detection import DetectionConfig, detect_sources, refine_background
+from .background import estimate_background
+from .detection import DetectionConfig, detect_sources, first_look, psf_fwhm_from_moments, reestimate_background
 from .astrometry import AstrometryConfig, AstrometryResult, fit_astrometry
 from .apcorr import ApCorrConfig, ApCorrMap, apply_aperture_corrections, measure_aperture_corrections
 from .errors import (
@@ -243,12 +244,15 @@ def calibrate(
     clock.report("read", 1.0)
 
     with clock.stage("background"):
-        # A first background and detection pass gives the PSF size that the
-        # cosmic-ray finder needs to tell a cosmic ray from a star.
-        first, background = refine_background(
-            exposure, config.detection, config.background, psf_fwhm_pix=config.psf_fwhm_guess_pix
-        )
-        fwhm_pix = estimate_fwhm_pix(first, default=config.psf_fwhm_guess_pix)
+        background = estimate_background(exposure, config.background)
+        background.subtract_from(exposure.image)
+        # The cosmic-ray finder needs the PSF's size to tell a cosmic ray from a
+        # star, and the detection filter is matched to it: a first look at the
+        # centre of the image gives it before the PSF is modelled.
+        first = first_look(exposure, config.detection, background, psf_fwhm_pix=config.psf_fwhm_guess_pix)
+        fwhm_pix = psf_fwhm_from_moments(exposure, first, guess_fwhm_pix=config.psf_fwhm_guess_pix)
+        if fwhm_pix is None:
+            fwhm_pix = estimate_fwhm_pix(first, default=config.psf_fwhm_guess_pix)
         del first
 
     with clock.stage("cosmic_rays"):
@@ -257,7 +261,10 @@ def calibrate(
         )
 
     with clock.stage("detection"):
-        detections = _redetect(exposure, config, fwhm_pix, background)
+        detections = detect_sources(exposure, config.detection, background_rms_adu=background, psf_fwhm_pix=fwhm_pix)
+        if config.detection.reestimate_background:
+            # LSST's reEstimateBackground: the sky again with the footprints masked.
+            background = reestimate_background(exposure, background, config.background)
 
     sky_noise = None
     if config.do_sky_sources:
@@ -401,11 +408,6 @@ def calibrate(
         config=config,
         warnings=warnings,
     )
-
-
-def _redetect(exposure: Exposure, config: CalibrateConfig, fwhm_pix: float, background: BackgroundModel):
-    """Detect again on the CR-repaired image, with the measured PSF size."""
-    return detect_sources(exposure, config.detection, background_rms_adu=background, psf_fwhm_pix=fwhm_pix)
 
 
 def estimate_fwhm_pix(catalog: Table, *, default: float) -> float:
