@@ -320,3 +320,17 @@ def test_vectorised_clean_agrees_with_sep_and_keeps_pixels() -> None:
     # Eaten detections' pixels join their eater: the same pixels, labels 1..len(kept).
     assert np.array_equal(pix, np.flatnonzero(seg))
     assert lab.min() == 1 and lab.max() == len(kept)
+
+
+@pytest.mark.parametrize("guess", [1.5, 3.0, 8.0])
+def test_first_look_fwhm_from_adaptive_moments(guess: float) -> None:
+    """Gaussian stars: the adaptive-moment FWHM is the true one (2%), whatever the starting guess."""
+    from calibration.detection import first_look, psf_fwhm_from_moments
+
+    image, *_ = _star_field(3)
+    exposure = make_exposure(image.astype(np.float32), variance=np.full(image.shape, SIGMA_ADU**2, np.float32))
+    first = first_look(exposure, DetectionConfig(), psf_fwhm_pix=3.0)
+    assert len(first) >= 50
+    assert first["x"].min() >= 0 and first["x"].max() < image.shape[1]
+    fwhm = psf_fwhm_from_moments(exposure, first, guess_fwhm_pix=guess)
+    assert fwhm == pytest.approx(PSF_FWHM_PIX, rel=0.02)
