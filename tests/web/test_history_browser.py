@@ -51,6 +51,21 @@ def test_trends_compare_and_review_in_the_browser(live_server, transactional_db,
     shot = page.locator("#bk-trends").screenshot(path=str(ARTIFACTS / "trends.png"))
     assert distinct_colours(shot) > 20
     assert page.locator("#outliers tbody tr").count() == 1
+    # Clicking a point opens its run: the outlier (night 33), at its place on the canvas.
+    point = page.evaluate("""() => {
+        const doc = Bokeh.documents[0];
+        const figure = doc.get_model_by_name("magzero_trend");
+        const data = doc.get_model_by_name("outliers").data_source.data;
+        const view = Bokeh.index.find_one(figure);
+        view.el.scrollIntoView({block: "center"});
+        const rect = view.el.getBoundingClientRect();
+        return {x: rect.left + view.frame.x_scale.compute(data.date_obs[0]),
+                y: rect.top + view.frame.y_scale.compute(data.magzero[0]), id: Number(data.run_id[0])};
+    }""")
+    assert point["id"] == runs[33].pk
+    page.mouse.click(point["x"], point["y"])
+    page.wait_for_url(re.compile(rf"/runs/{runs[33].pk}/$"))
+    assert page.locator("h1").inner_text().startswith(f"Run #{runs[33].pk} ")
 
     page.goto(f"{live_server.url}/runs/compare/?ids={with_outputs.pk},{other.pk}")
     wait_ready(page, f"#bk-astrometry-{with_outputs.pk}")
