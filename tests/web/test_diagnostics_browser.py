@@ -17,7 +17,7 @@ from django.conf import settings
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from calibration.tables import read_table, write_table
-from calibweb.core import engine, services
+from calibweb.core import diagnostics, engine, reports, services
 from calibweb.core.models import CalibrationRun, ReferenceCatalog, RunOutput, RunStatus
 from test_browser import ARTIFACTS, browser_page  # noqa: F401  (the fixture is used by name)
 
@@ -164,20 +164,30 @@ def test_residual_plots_of_fifty_thousand_matches_load_time(
 
     page = browser_page
     login(page, live_server.url)
-    t0 = time.perf_counter()
-    page.goto(f"{live_server.url}/runs/{run.pk}/#diag-astrometry")
-    page.wait_for_function("document.getElementById('diag-astrometry').dataset.state === 'ready'", timeout=120_000)
-    wall_cold_ms = (time.perf_counter() - t0) * 1000
-    cold_ms = float(page.locator("#diag-astrometry").get_attribute("data-load-ms"))
+
+    def view_astrometry(reload: bool = False) -> tuple[float, float]:
+        """(load time the page measured: request to painted, navigation to painted) in ms."""
+        t0 = time.perf_counter()
+        if reload:
+            page.reload()
+        else:
+            page.goto(f"{live_server.url}/runs/{run.pk}/#diag-astrometry")
+        page.wait_for_function("document.getElementById('diag-astrometry').dataset.state === 'ready'",
+                               timeout=120_000)
+        return (float(page.locator("#diag-astrometry").get_attribute("data-load-ms")),
+                (time.perf_counter() - t0) * 1000)
+
+    # What a person gets: the worker builds the diagnostics as soon as a run succeeds (engine.execute_run).
+    reports.warm(run)
+    first_ms, first_wall_ms = view_astrometry()
     shot = page.locator("#bk-astrometry").screenshot(path=str(ARTIFACTS / "diagnostics-50k.png"))
     assert distinct_colours(shot) > 50
-    t0 = time.perf_counter()
-    page.reload()
-    page.wait_for_function("document.getElementById('diag-astrometry').dataset.state === 'ready'", timeout=120_000)
-    wall_warm_ms = (time.perf_counter() - t0) * 1000
-    warm_ms = float(page.locator("#diag-astrometry").get_attribute("data-load-ms"))
     timings = page.evaluate("window.calibwebDiagnostics.timings.astrometry")
-    print(f"\n[diagnostics] {n} astrometric matches: residual plots loaded in {cold_ms:.0f} ms on first view "
-          f"(server builds the Bokeh item; page navigation to painted {wall_cold_ms:.0f} ms), {warm_ms:.0f} ms "
-          f"when cached (fetch {timings['fetch_ms']:.0f} ms; navigation to painted {wall_warm_ms:.0f} ms)")
+    # A run nobody prebuilt (older plotting version): the server builds the Bokeh item on request.
+    for stale in (directory / diagnostics.CACHE_DIR).glob("astrometry-*.json"):
+        stale.unlink()
+    cold_ms, cold_wall_ms = view_astrometry(reload=True)
+    print(f"\n[diagnostics] {n} astrometric matches: residual plots of the prebuilt run loaded in {first_ms:.0f} ms "
+          f"(fetch {timings['fetch_ms']:.0f} ms; navigation to painted {first_wall_ms:.0f} ms); built on request "
+          f"{cold_ms:.0f} ms (navigation to painted {cold_wall_ms:.0f} ms)")
     assert page.console_errors == []
