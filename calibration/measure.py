@@ -158,6 +158,12 @@ class MeasureConfig:
         "Fewer usable source-free annulus pixels than this: the median is taken over all "
         "unmasked annulus pixels instead and local_background_flag is set.",
     )
+    local_background_step_pix: int = doc_field(
+        2,
+        "The local-background median uses every n-th pixel of the annulus along each axis: "
+        "2 keeps ~300 of its ~1,250 pixels, enough for the median to ~0.07 sigma and 4x "
+        "cheaper (the cost of a crowded field); 1 uses them all.",
+    )
     edge_buffer_pix: float = doc_field(
         3.0,
         "flag_edge is set when the centroid is closer than this to the image border "
@@ -223,6 +229,8 @@ class MeasureConfig:
             )
         if self.local_background_min_pixels < 1:
             raise ValueError("local_background_min_pixels must be >= 1")
+        if self.local_background_step_pix < 1:
+            raise ValueError("local_background_step_pix must be >= 1")
         if self.edge_buffer_pix < 0 or not self.flag_radius_pix > 0:
             raise ValueError("edge_buffer_pix must be >= 0 and flag_radius_pix > 0")
         if not self.centroid_max_shift_pix > 0:
@@ -820,7 +828,8 @@ def _local_background(
     r_in, r_out = config.local_background_inner_pix, config.local_background_outer_pix
     h = int(np.ceil(r_out)) + 1
     dyo, dxo = np.mgrid[-h : h + 1, -h : h + 1]
-    ring = (np.hypot(dyo, dxo) >= r_in - 1) & (np.hypot(dyo, dxo) < r_out + 1)
+    step = config.local_background_step_pix
+    ring = (np.hypot(dyo, dxo) >= r_in - 1) & (np.hypot(dyo, dxo) < r_out + 1) & (dyo % step == 0) & (dxo % step == 0)
     dyo, dxo = dyo[ring], dxo[ring]
     n = x.size
     value = np.full(n, np.nan)
