@@ -16,7 +16,11 @@ Windowed centroid
 ``sep.winpos`` iterates ``c = sum W r I / sum W I`` with a Gaussian window
 ``W = exp(-|r - c|**2 / 2 s**2)`` (cut at ``4 s``), ``s = 2 / 2.3548 *
 r_half`` and ``r_half`` the half-light radius (``sep.flux_radius``), as
-SExtractor does; for a Gaussian star ``s`` equals the PSF sigma. With a
+SExtractor does; for a Gaussian star ``s`` equals the PSF sigma. When the
+PSF's FWHM is known, a compact source (isophotal ``a b`` within
+``(1.5 sigma_PSF)^2``) takes the PSF sigma as its window directly, as LSST's
+SdssCentroid does: the optimal window for a star, without the half-light
+radius, which is most of the centroid's cost. With a
 segmentation map, ``r_half`` of a source owning pixels of the map is measured
 with the other sources' pixels masked (SExtractor masks neighbours too): in a
 crowded field a neighbour would otherwise inflate the window and pull the
@@ -356,8 +360,8 @@ def measure_sources(
         Kron measurement and to keep sources out of the local-background annulus
         (without it the ``DETECTED`` mask plane is used there).
     psf_fwhm_pix : float, optional
-        FWHM (pix) of the effective PSF, used for extendedness only when
-        ``psf`` is None.
+        FWHM (pix) of the effective PSF: the centroid window of compact
+        sources, and the extendedness test when ``psf`` is None.
 
     Returns
     -------
@@ -424,7 +428,7 @@ def measure_sources(
         if "detect_isPrimary" in out.colnames:
             parent &= ~np.asarray(out["detect_isPrimary"], bool)
     cen = _centroid(ctx, np.where(pos_ok, x0, 0.0), np.where(pos_ok, y0, 0.0), a, b, pos_ok, config, ids,
-                    parent=parent)
+                    parent=parent, psf_fwhm_pix=psf_fwhm_pix)
     xc, yc = cen["x"], cen["y"]
     det_xx, det_yy, det_xy = _ellipse_moments(out, a, b, theta)
     shape_ok = cen["shape_ok"]
@@ -612,8 +616,12 @@ def _centroid(
     ids: np.ndarray | None = None,
     *,
     parent: np.ndarray | None = None,
+    psf_fwhm_pix: float | None = None,
 ) -> dict[str, np.ndarray]:
     """Windowed centroid, its covariance and window-deconvolved second moments.
+
+    With ``psf_fwhm_pix``, compact sources take the PSF sigma as window
+    (module docstring); the others, their half-light radius.
 
     Sources marked ``parent`` (deblend parents whose children are measured)
     keep the detection centroid with ``flag`` set and NaN errors; only their
@@ -639,19 +647,29 @@ def _centroid(
     # segmentation map is measured with the other sources' pixels masked, as
     # SExtractor masks neighbours; without that a neighbour inflates r_half and
     # the window, which drags the centroid towards it (and costs time).
+    sig_psf = None
+    if psf_fwhm_pix is not None and np.isfinite(psf_fwhm_pix) and psf_fwhm_pix > 0:
+        sig_psf = float(psf_fwhm_pix) / 2.3548
+        compact = measure & (a * b <= (1.5 * sig_psf) ** 2)
+        measure_r_half = measure & ~compact
+    else:
+        compact = np.zeros(n, bool)
+        measure_r_half = measure
     owns = np.zeros(n, bool)
-    if ctx.segmentation is not None and ids is not None:
+    if ctx.segmentation is not None and ids is not None and measure_r_half.any():
         present = _ids_present(ctx.segmentation, int(ids.max(initial=0)))
-        owns = measure & (ids > 0) & (ids < present.size)
+        owns = measure_r_half & (ids > 0) & (ids < present.size)
         owns[owns] = present[ids[owns]]
     r_half = np.full(n, np.nan)
     if owns.any():
         r_half[owns], _ = sep.flux_radius(ctx.image, xs[owns], ys[owns], rmax[owns], 0.5, mask=ctx.bad,
                                           segmap=ctx.segmentation, seg_id=ids[owns].astype(np.int32), subpix=3)
-    rest = measure & ~owns
+    rest = measure_r_half & ~owns
     if rest.any():
         r_half[rest], _ = sep.flux_radius(ctx.image, xs[rest], ys[rest], rmax[rest], 0.5, mask=ctx.bad, subpix=3)
     sig = 2.0 / 2.3548 * r_half
+    if sig_psf is not None:
+        sig[compact] = sig_psf
     sig = np.where(np.isfinite(sig) & (sig > 0), sig, np.sqrt(a * b))
     sig = np.clip(sig, _MIN_WINDOW_SIGMA, _MAX_WINDOW_SIGMA)
     xw, yw = np.full(n, np.nan), np.full(n, np.nan)
