@@ -870,20 +870,26 @@ def _clean_pairs(xy: np.ndarray, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     n = len(a)
     tree = cKDTree(xy)
     a_cut = float(np.percentile(a, 99)) if n > 100 else float(a.max())
-    pairs = [tree.query_pairs(CLEAN_ZONE * 2 * a_cut, output_type="ndarray")]
+    r_small = CLEAN_ZONE * 2 * a_cut
+    pairs = [tree.query_pairs(r_small, output_type="ndarray")]
+    # Pairs farther apart than r_small involve a large object; they are found
+    # once each (no duplicates to remove): large-small by a radius search about
+    # the large one, large-large by brute force among the few large ones.
     big = np.flatnonzero(a > a_cut)
     if big.size:
+        is_big = np.zeros(n, bool)
+        is_big[big] = True
         hits = tree.query_ball_point(xy[big], CLEAN_ZONE * (a[big] + a_cut))
         lens = np.fromiter((len(h) for h in hits), int, big.size)
         if lens.sum():
-            pairs.append(np.column_stack([np.repeat(big, lens), np.concatenate([np.asarray(h, int) for h in hits])]))
-        # Two large objects: a brute-force search among them.
+            far = np.column_stack([np.repeat(big, lens), np.concatenate([np.asarray(h, int) for h in hits])])
+            far = far[~is_big[far[:, 1]]]
+            pairs.append(far[((xy[far[:, 0]] - xy[far[:, 1]]) ** 2).sum(axis=1) > r_small**2])
         bi, bj = np.triu_indices(big.size, 1)
-        pairs.append(np.column_stack([big[bi], big[bj]]))
+        both = np.column_stack([big[bi], big[bj]])
+        pairs.append(both[((xy[both[:, 0]] - xy[both[:, 1]]) ** 2).sum(axis=1) > r_small**2])
     p = np.concatenate([q.reshape(-1, 2) for q in pairs]).astype(np.int64)
-    lo, hi = p.min(axis=1), p.max(axis=1)
-    key = np.unique((lo * n + hi)[lo != hi])
-    i, j = np.divmod(key, n)
+    i, j = p.min(axis=1), p.max(axis=1)
     d2 = ((xy[i] - xy[j]) ** 2).sum(axis=1)
     near = d2 <= (CLEAN_ZONE * (a[i] + a[j])) ** 2
     return i[near], j[near]
@@ -907,15 +913,23 @@ def _parents_of(children: np.ndarray, seg: tuple[np.ndarray, np.ndarray], width:
     n = len(children)
     col = pix % width
     src, dst = [], []
-    for off, wraps in ((1, col == width - 1), (width - 1, col == 0), (width, None), (width + 1, col == width - 1)):
-        target = pix + off
-        pos = np.minimum(np.searchsorted(pix, target), max(pix.size - 1, 0))
-        hit = pix[pos] == target
-        if wraps is not None:
-            hit &= ~wraps
+    # Right neighbour: the next pixel of the sorted list, unless it wraps to the next row.
+    right = np.flatnonzero((pix[1:] == pix[:-1] + 1) & (col[:-1] != width - 1))
+    differ = lab[right] != lab[right + 1]
+    src.append(lab[right][differ])
+    dst.append(lab[right + 1][differ])
+    # The three pixels of the row below are consecutive values: one search
+    # finds the first, each present one moves the next one place further.
+    pos = np.searchsorted(pix, pix + (width - 1))
+    last = max(pix.size - 1, 0)
+    for off, wraps in ((width - 1, col == 0), (width, None), (width + 1, col == width - 1)):
+        pos = np.minimum(pos, last)
+        present = pix[pos] == pix + off
+        hit = present if wraps is None else present & ~wraps
         differ = hit & (lab[pos] != lab)
         src.append(lab[differ])
         dst.append(lab[pos[differ]])
+        pos = pos + present
     s = np.concatenate(src).astype(np.int64) - 1
     d = np.concatenate(dst).astype(np.int64) - 1
     graph = coo_matrix((np.ones(s.size, np.int8), (s, d)), shape=(n, n))
