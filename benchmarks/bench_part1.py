@@ -176,7 +176,7 @@ def child_main(fits_path: str, outdir: str, trace: bool = False) -> None:
         out["min_pixels"] = config.detection.min_pixels
         out["threshold_sigma"] = config.detection.threshold_sigma
         t0 = time.perf_counter()
-        result = calibrate(exposure, config, photom_refcat=None, progress=progress)
+        result = calibrate(exposure, config, photom_refcat=None, progress=progress, in_place=True)
         out["calibrate_s"] = time.perf_counter() - t0
         out["stages_s"] = {k: v for k, v in result.timings_s.items() if k != "read"}
         del exposure

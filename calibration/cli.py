@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             astrom_refcat = photom_refcat = load_for_exposure(args.refcat, exposure)
             if args.photo_refcat:
                 photom_refcat = load_for_exposure(args.photo_refcat, exposure)
-        result = calibrate(exposure, config, astrom_refcat=astrom_refcat, photom_refcat=photom_refcat,
+        result = calibrate(exposure, config, astrom_refcat=astrom_refcat, photom_refcat=photom_refcat, in_place=True,
                            progress=_progress(sys.stderr))
         t1 = time.perf_counter()
         files = write_outputs(result, args.out)

@@ -195,7 +195,8 @@ def _run_engine(run: CalibrationRun, progress: _Progress, workdir: Path):
     refcat = None
     if run.refcat is not None:
         refcat = load_for_exposure(_refcat_location(run.refcat.location), exposure)
-    result = calibrate(exposure, config, astrom_refcat=refcat, photom_refcat=refcat, progress=progress)
+    result = calibrate(exposure, config, astrom_refcat=refcat, photom_refcat=refcat, progress=progress,
+                       in_place=True)
     progress("write", 0.95)
     t0 = time.perf_counter()
     files = write_outputs(result, workdir)
