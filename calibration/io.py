@@ -4,7 +4,8 @@
 tile-compressed, or our calexp layout with ``IMAGE``/``MASK``/``VARIANCE``
 extensions) into an :class:`~calibration.exposure.Exposure`;
 :func:`read_header_facts` gives the web upload what it shows and validates;
-:func:`write_exposure` writes the calexp layout.
+:func:`write_exposure` writes the calexp layout, through :func:`write_hdulist`:
+astropy's bytes without astropy's in-place byteswaps of the planes.
 
 At this boundary FITS data arrive big-endian and 1-based; the exposure holds
 native float32 arrays indexed ``[y, x]``, a celestial astropy WCS used with
@@ -24,7 +25,7 @@ import re
 import types
 import warnings
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -38,7 +39,7 @@ from .errors import BadExposureError
 from .exposure import MASK_DTYPE, Exposure, ExposureInfo, MaskPlane, make_exposure
 
 __all__ = ["INSTRUMENT_MAPS", "ExposureFacts", "KeywordMap", "header_cards", "normalise_filter_name",
-           "read_exposure", "read_header_facts", "write_exposure"]
+           "read_exposure", "read_header_facts", "write_exposure", "write_fits_blocks", "write_hdulist"]
 
 MIN_SIZE_PIX = 8
 """Smallest accepted image side, in pixels."""
@@ -266,12 +267,98 @@ def write_exposure(exposure: Exposure, path: str | os.PathLike[str], *, overwrit
         for plane in MaskPlane:
             key = f"MP_{plane.name}" if len(plane.name) <= 5 else f"HIERARCH MP_{plane.name}"
             mask_ext[key] = (int(plane.value).bit_length() - 1, "mask plane bit index")
-        fits.HDUList([
+        write_hdulist(fits.HDUList([
             fits.PrimaryHDU(header=primary),
             fits.ImageHDU(np.asarray(exposure.image, np.float32), header=ext.copy(), name="IMAGE"),
             fits.ImageHDU(np.asarray(exposure.mask, MASK_DTYPE), header=mask_ext, name="MASK"),
             fits.ImageHDU(np.asarray(exposure.variance, np.float32), header=ext.copy(), name="VARIANCE"),
-        ]).writeto(path, overwrite=overwrite, output_verify="silentfix+ignore")
+        ]), path, overwrite=overwrite, output_verify="silentfix+ignore")
+
+
+# Image dtypes astropy writes as they are (no BZERO offset), as numpy type codes.
+_PLAIN_IMAGE_CODES = frozenset({"u1", "i2", "i4", "i8", "f4", "f8"})
+_COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zip")
+_BLOCK = 2880
+_CHUNK_BYTES = 1 << 20  # converted to big-endian at a time: cache-sized, yet few writes
+
+
+def write_hdulist(hdul: fits.HDUList, path: str | os.PathLike[str], *, overwrite: bool = True,
+                  output_verify: str = "exception") -> None:
+    """Write ``hdul`` to ``path``, the same bytes as ``hdul.writeto`` but faster for big images.
+
+    astropy byteswaps a native image in place, writes it and swaps it back:
+    two extra passes over the array, which meanwhile is altered under any
+    other reader. Here the headers are astropy's own, after the same
+    verification and ``EXTEND`` update, and each image goes out in blocks of
+    rows converted to big-endian, leaving the array untouched. Lists this
+    does not cover (tables, scaled or unsigned pixels, compressed or
+    non-path targets, no primary HDU first) are written by astropy.
+
+    Raises
+    ------
+    OSError
+        If ``path`` exists and ``overwrite`` is False.
+    """
+    if not _plain_images(hdul, path):
+        hdul.writeto(path, overwrite=overwrite, output_verify=output_verify)
+        return
+    hdul.verify(option=output_verify)
+    hdul.update_extend()
+    write_fits_blocks(path, ((hdu.header.tostring().encode("ascii"), hdu.data) for hdu in hdul),
+                      overwrite=overwrite)
+
+
+def write_fits_blocks(path: str | os.PathLike[str], hdus: Iterable[tuple[bytes, np.ndarray | None]], *,
+                      overwrite: bool = True) -> None:
+    """Write HDUs given as (padded header bytes, data array or None) to a new FITS file.
+
+    Each array is written big-endian in C order, a megabyte at a time, then
+    zero-padded to the 2880-byte block, as astropy does. The caller owns the
+    header: it must describe the array (BITPIX, NAXISn or a table's layout).
+
+    Raises
+    ------
+    OSError
+        If ``path`` exists and ``overwrite`` is False.
+    """
+    if os.path.exists(path):
+        if not overwrite:
+            raise OSError(f"File {os.fspath(path)!r} already exists.")
+        os.remove(path)  # as astropy does: a new file, not the old one truncated
+    with open(path, "wb") as out:
+        for header, data in hdus:
+            out.write(header)
+            size = _write_big_endian(out, data) if data is not None else 0
+            if size % _BLOCK:
+                out.write(bytes(_BLOCK - size % _BLOCK))
+
+
+def _plain_images(hdul: fits.HDUList, path: str | os.PathLike[str]) -> bool:
+    """True when every HDU is a primary or image HDU whose pixels are written unscaled."""
+    if not isinstance(path, (str, os.PathLike)) or os.fspath(path).lower().endswith(_COMPRESSED_SUFFIXES):
+        return False
+    if not len(hdul) or type(hdul[0]) is not fits.PrimaryHDU:
+        return False
+    for hdu in hdul:
+        if type(hdu) not in (fits.PrimaryHDU, fits.ImageHDU) or "BZERO" in hdu.header or "BSCALE" in hdu.header:
+            return False
+        data = hdu.data
+        if data is not None and (type(data) is not np.ndarray or data.ndim == 0
+                                 or data.dtype.str[1:] not in _PLAIN_IMAGE_CODES):
+            return False
+    return True
+
+
+def _write_big_endian(out: Any, data: np.ndarray) -> int:
+    """Write ``data`` big-endian in C order, in blocks of rows; return the bytes written."""
+    if data.size == 0:
+        return 0
+    big = data.dtype.newbyteorder(">")
+    rows = max(1, _CHUNK_BYTES // max(1, data[0].nbytes if data.ndim > 1 else data.itemsize))
+    for start in range(0, data.shape[0], rows):
+        block = np.ascontiguousarray(data[start:start + rows], dtype=big)
+        out.write(block.reshape(-1).view(np.uint8))
+    return data.size * data.itemsize
 
 
 def header_cards(header: fits.Header) -> list[tuple[str, str, str]]:

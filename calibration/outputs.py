@@ -23,8 +23,8 @@ from astropy.io import fits
 from astropy.table import Table
 
 from .configbase import config_to_dict
-from .io import write_exposure
-from .tables import write_table
+from .io import write_exposure, write_hdulist
+from .tables import write_fits_table, write_table
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,11 +39,27 @@ class OutputFile:
 
 
 def _table_for_files(table: Table) -> Table:
-    """Copy with object/bool-masked columns made writable to FITS, CSV and Parquet."""
-    out = Table(table, copy=True)
-    if out.masked or any(getattr(c, "mask", None) is not None for c in out.columns.values()):
-        out = out.filled()
-    return out
+    """``table`` with masked columns filled, so that FITS, CSV and Parquet can hold them.
+
+    An unmasked table is returned as it is: the writers only read it, and a
+    copy of a 50,000-row catalogue costs more than writing its Parquet.
+    """
+    if table.masked or any(getattr(c, "mask", None) is not None for c in table.columns.values()):
+        return table.filled()
+    return table
+
+
+def _fits_cards(table: Table, header: dict[str, Any] | None) -> list[tuple[str, Any]]:
+    """Header cards of a table file: scalar ``table.meta`` then ``header``; long or odd keys as HIERARCH."""
+    merged = {**{k: v for k, v in table.meta.items() if isinstance(v, (str, int, float, bool))}, **(header or {})}
+    cards = []
+    for key, value in merged.items():
+        if value is None or (isinstance(value, float) and not math.isfinite(value)):
+            continue
+        key = key.upper()
+        cards.append((key if len(key) <= 8 and key.replace("-", "").replace("_", "").isalnum()
+                       else f"HIERARCH {key}", value))
+    return cards
 
 
 def _write_table(table: Table, base: Path, *, kind: str, description: str, formats=("fits", "parquet", "csv"),
@@ -53,17 +69,7 @@ def _write_table(table: Table, base: Path, *, kind: str, description: str, forma
     for fmt in formats:
         path = base.with_suffix(f".{fmt}")
         if fmt == "fits":
-            bare = Table(table, copy=False)
-            bare.meta = {}
-            hdu = fits.BinTableHDU(bare)
-            cards = {**{k: v for k, v in table.meta.items() if isinstance(v, (str, int, float, bool))}, **(header or {})}
-            for key, value in cards.items():
-                if value is None or (isinstance(value, float) and not math.isfinite(value)):
-                    continue
-                key = key.upper()
-                hdu.header[key if len(key) <= 8 and key.replace("-", "").replace("_", "").isalnum()
-                           else f"HIERARCH {key}"] = value
-            hdu.writeto(path, overwrite=True)
+            write_fits_table(table, path, cards=_fits_cards(table, header))
         else:
             write_table(table, path)
         files.append(OutputFile(path.name, kind, fmt, path, f"{description} ({fmt.upper()})"))
@@ -82,7 +88,7 @@ def write_outputs(result, outdir: Path) -> list[OutputFile]:
                             "Calibrated exposure: IMAGE, MASK, VARIANCE with WCS and MAGZERO"))
 
     bkg = outdir / "calexpBackground.fits"
-    result.background.to_hdulist().writeto(bkg, overwrite=True)
+    write_hdulist(result.background.to_hdulist(), bkg)
     files.append(OutputFile(bkg.name, "background", "fits", bkg, "Background model that was subtracted"))
 
     psf = getattr(result, "psf", None)

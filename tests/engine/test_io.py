@@ -16,7 +16,7 @@ from calibration.errors import BadExposureError
 from calibration.exposure import Exposure, ExposureInfo, MaskPlane, make_exposure
 from calibration.io import (
     INSTRUMENT_MAPS, ExposureFacts, header_cards, normalise_filter_name, read_exposure,
-    read_header_facts, write_exposure,
+    read_header_facts, write_exposure, write_hdulist,
 )
 
 SHAPE = (40, 50)  # (ny, nx)
@@ -445,6 +445,66 @@ def test_write_read_round_trip(tmp_path):
         assert primary["FILTER"] == "z" and primary["EXPTIME"] == 45.0 and primary["TIMESYS"] == "UTC"
     with pytest.raises(FileExistsError):
         write_exposure(exp, path, overwrite=False)
+
+
+def test_calexp_is_the_file_astropy_writes_and_planes_stay_untouched(tmp_path, monkeypatch):
+    exp = _calexp()
+    image, variance = exp.image.copy(), exp.variance.copy()
+    write_exposure(exp, tmp_path / "fast.fits")
+    assert exp.image.dtype.isnative and np.array_equal(exp.image, image) and np.array_equal(exp.variance, variance)
+    monkeypatch.setattr("calibration.io._plain_images", lambda hdul, path: False)  # astropy's writeto
+    write_exposure(exp, tmp_path / "astropy.fits")
+    assert (tmp_path / "fast.fits").read_bytes() == (tmp_path / "astropy.fits").read_bytes()
+
+
+def _hdus(data: np.ndarray) -> fits.HDUList:
+    primary = fits.PrimaryHDU()
+    primary.header.update({"OBSERVER": "me", "HIERARCH LONG_KEYWORD": 1.5})
+    image = fits.ImageHDU(data, name="SCI")
+    image.header["BUNIT"] = "adu"
+    return fits.HDUList([primary, image, fits.ImageHDU(data[:1], name="ROW")])
+
+
+@pytest.mark.parametrize("dtype", ["<f4", ">f4", "<f8", "<i2", "<i4", ">i4", "<i8", "u1"])
+@pytest.mark.parametrize("layout", ["c", "3d", "strided", "fortran"])
+def test_write_hdulist_writes_astropys_bytes(tmp_path, monkeypatch, dtype, layout):
+    monkeypatch.setattr("calibration.io._CHUNK_BYTES", 1000)  # several blocks, the last one partial
+    data = (np.random.default_rng(3).normal(0, 50, (37, 53)) + 100).astype(dtype)
+    data = {"c": data, "3d": data[:36].reshape(4, 9, 53), "strided": data[::2, 1::3],
+            "fortran": np.asfortranarray(data)}[layout]
+    before = data.copy()
+    write_hdulist(_hdus(data), tmp_path / "fast.fits")
+    _hdus(data).writeto(tmp_path / "astropy.fits")
+    assert (tmp_path / "fast.fits").read_bytes() == (tmp_path / "astropy.fits").read_bytes()
+    assert data.dtype == before.dtype and np.array_equal(data, before)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: fits.HDUList([fits.PrimaryHDU(np.arange(12, dtype=np.uint16).reshape(3, 4))]),  # BZERO
+    lambda: fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(np.zeros((2, 3), np.float32)),
+                          fits.BinTableHDU.from_columns([fits.Column(name="a", format="E", array=np.ones(2))])]),
+    lambda: fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(np.zeros((0, 3), np.float32))]),
+    lambda: fits.HDUList([fits.PrimaryHDU()]),
+])
+def test_write_hdulist_other_lists_are_astropys_too(tmp_path, make):
+    write_hdulist(make(), tmp_path / "fast.fits")
+    make().writeto(tmp_path / "astropy.fits")
+    assert (tmp_path / "fast.fits").read_bytes() == (tmp_path / "astropy.fits").read_bytes()
+
+
+def test_write_hdulist_verifies_and_fixes_as_astropy_does(tmp_path):
+    def make() -> fits.HDUList:
+        primary = fits.PrimaryHDU()
+        primary.header.append(fits.Card.fromstring("observer= 'me'"))  # lower case: fixed by silentfix
+        return fits.HDUList([primary, fits.ImageHDU(np.ones((4, 5), np.float32))])
+
+    write_hdulist(make(), tmp_path / "fast.fits", output_verify="silentfix+ignore")
+    make().writeto(tmp_path / "astropy.fits", output_verify="silentfix+ignore")
+    assert (tmp_path / "fast.fits").read_bytes() == (tmp_path / "astropy.fits").read_bytes()
+    with pytest.raises(fits.VerifyError):
+        write_hdulist(make(), tmp_path / "strict.fits")
+    with pytest.raises(OSError, match="exists"):
+        write_hdulist(make(), tmp_path / "fast.fits", overwrite=False, output_verify="silentfix")
 
 
 def test_instrument_file_round_trip_keeps_info_and_cards(tmp_path):

@@ -1,4 +1,4 @@
-"""Catalogue tables on disk (calibration.tables): CSV and Parquet through pyarrow."""
+"""Catalogue tables on disk (calibration.tables): CSV and Parquet through pyarrow, FITS tables."""
 
 from __future__ import annotations
 
@@ -6,9 +6,12 @@ import subprocess
 import sys
 
 import numpy as np
-from astropy.table import Table
+import pytest
+from astropy.io import fits
+from astropy.table import MaskedColumn, Table
 
-from calibration.tables import read_table, write_table
+from calibration import tables
+from calibration.tables import read_table, write_fits_table, write_table
 
 
 def _table() -> Table:
@@ -70,3 +73,101 @@ def test_numeric_tables_are_written_without_importing_pandas(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+CARDS = [("ZP", 27.5), ("FITOK", True), ("N", 3), ("NOTE", "a note"), ("HIERARCH THRESHOLD_SIGMA", 5.0),
+         ("COMMENT", "free text"), ("LONGTEXT", "x" * 100), ("ZP", 27.25)]
+
+
+def _astropy_fits(table: Table, path, cards=()) -> bytes:
+    """What the outputs wrote before write_fits_table: astropy's BinTableHDU of the table, then the cards."""
+    bare = Table(table, copy=False)
+    bare.meta = {}
+    hdu = fits.BinTableHDU(bare)
+    for key, value in cards:
+        hdu.header[key] = value
+    hdu.writeto(path)
+    return path.read_bytes()
+
+
+def _numeric_table(n: int = 5) -> Table:
+    rng = np.random.default_rng(4)
+    t = _table()[[i % 4 for i in range(n)]]
+    t["dimless"] = rng.normal(size=n)
+    t["dimless"].unit = ""
+    t["i2"] = np.arange(n, dtype=np.int16) - 2
+    t["i4"] = np.arange(n, dtype=">i4") * 1000
+    t["u1"] = np.arange(n, dtype=np.uint8)
+    t["edge"] = np.array([np.inf, -np.inf, -0.0, 1e308, 5e-324] * n)[:n]
+    t["area"] = np.arange(n, dtype=np.int64)
+    t["area"].unit = "pix2"
+    return t
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 3001])
+def test_fits_table_is_the_file_astropy_writes(tmp_path, n):
+    t = _numeric_table(n)
+    assert tables._fits_layout(t) is not None  # the direct path
+    write_fits_table(t, tmp_path / "fast.fits", cards=CARDS)
+    assert (tmp_path / "fast.fits").read_bytes() == _astropy_fits(t, tmp_path / "astropy.fits", CARDS)
+    with fits.open(tmp_path / "fast.fits") as hdul:
+        assert hdul[1].columns["x"].unit == "pix" and hdul[1].header["HIERARCH THRESHOLD_SIGMA"] == 5.0
+        np.testing.assert_array_equal(hdul[1].data["flag"], t["flag"])
+        np.testing.assert_array_equal(hdul[1].data["edge"], t["edge"])
+
+
+@pytest.mark.parametrize("change", ["strings", "masked", "format", "array_cells", "uint16", "int8", "card"])
+def test_other_fits_tables_go_through_astropy(tmp_path, change):
+    t = _numeric_table()
+    cards = list(CARDS)
+    if change == "strings":
+        t["name"] = ["a", "bb", "ccc", "", "e"]
+    elif change == "masked":
+        t["m"] = MaskedColumn([1, 2, 3, 4, 5], mask=[0, 1, 0, 0, 1])
+    elif change == "format":
+        t["x"].info.format = ".3f"
+    elif change == "array_cells":
+        t["v"] = np.ones((5, 3))
+    elif change == "uint16":
+        t["u"] = np.arange(5, dtype=np.uint16)
+    elif change == "int8":
+        t["b"] = np.arange(5, dtype=np.int8)
+    else:
+        cards.append(("TUNIT2", "deg"))  # would rewrite a column's unit
+    assert change == "card" or tables._fits_layout(t) is None
+    write_fits_table(t, tmp_path / "fast.fits", cards=cards)
+    assert (tmp_path / "fast.fits").read_bytes() == _astropy_fits(t, tmp_path / "astropy.fits", cards)
+
+
+def test_parquet_holds_the_same_table_as_pyarrows_default(tmp_path):
+    import pyarrow.parquet as pq
+
+    t = _numeric_table(50)
+    t["x"] = np.linspace(0, 1, 50)  # no NaN: pyarrow's equals holds NaN unequal
+    t["edge"] = np.arange(50.0)
+    write_table(t, tmp_path / "t.parquet")
+    pq.write_table(tables.to_arrow(t), tmp_path / "default.parquet")
+    assert pq.read_table(tmp_path / "t.parquet").equals(pq.read_table(tmp_path / "default.parquet"),
+                                                         check_metadata=True)
+
+
+@pytest.mark.parametrize("names", [["a", "b"], ["a", "b,c"]])
+def test_csv_in_parallel_parts_is_the_same_text(tmp_path, monkeypatch, names):
+    import pyarrow.csv as pacsv
+
+    t = _numeric_table(101)
+    t["s"] = ["plain", "with,comma", "q\"uote"] * 33 + ["x", "y"]
+    t.rename_columns(["id", "x"], names)
+    header = "none" if "," not in "".join(names) else "needed"
+    pacsv.write_csv(tables.to_arrow(t, bool_as_text=True), tmp_path / "one.csv",
+                    write_options=pacsv.WriteOptions(quoting_header=header))
+    monkeypatch.setattr(tables, "_CSV_THREADS", 3)
+    monkeypatch.setattr(tables, "_CSV_VALUES_PER_PART", 1)
+    monkeypatch.setattr(tables, "_CSV_VALUES_PER_ROUND", 200)  # slices of a few rows, in many rounds
+    write_table(t, tmp_path / "parts.csv")
+    assert (tmp_path / "parts.csv").read_text() == (tmp_path / "one.csv").read_text()
+    t.remove_column("s")  # no value to quote: the unquoted style
+    pacsv.write_csv(tables.to_arrow(t, bool_as_text=True), tmp_path / "one.csv",
+                    write_options=pacsv.WriteOptions(quoting_style="none", quoting_header=header))
+    write_table(t, tmp_path / "parts.csv")
+    assert (tmp_path / "parts.csv").read_text() == (tmp_path / "one.csv").read_text()
