@@ -148,6 +148,8 @@ class BackgroundModel:
         self.global_level_adu = float(global_level_adu)
         self.global_rms_adu = float(global_rms_adu)
         self.config = config
+        #: Constant added to sep's spline (ADU): the mean-sky correction of detection.reestimate_background.
+        self.offset_adu = 0.0
         self._mesh_level = mesh_level
         self._mesh_rms = mesh_rms
 
@@ -162,6 +164,7 @@ class BackgroundModel:
             state["_level"], state["_rms"] = self.level_image, self.rms_image
             state["_mesh_level"], state["_mesh_rms"] = self.mesh_level, self.mesh_rms
             state["_sep"] = None
+            state["offset_adu"] = 0.0  # now inside the planes
         return state
 
     @property
@@ -174,7 +177,10 @@ class BackgroundModel:
         """Full-resolution sky level (ADU, float32, ``[y, x]``)."""
         if self._level is not None:
             return self._level
-        return np.asarray(self._sep.back(dtype=np.float32))
+        level = np.asarray(self._sep.back(dtype=np.float32))
+        if self.offset_adu:
+            level += np.float32(self.offset_adu)
+        return level
 
     @property
     def rms_image(self) -> np.ndarray:
@@ -204,8 +210,21 @@ class BackgroundModel:
         """Subtract the level from ``image`` (float32, ``[y, x]``) in place, without a temporary plane."""
         if self._sep is not None and image.dtype == np.float32 and image.flags.c_contiguous:
             self._sep.subfrom(image)
+            if self.offset_adu:
+                image -= np.float32(self.offset_adu)
         else:
             image -= self.level_image
+
+    def add_offset(self, offset_adu: float) -> None:
+        """Raise the whole model by ``offset_adu`` (the image it was subtracted from is not changed)."""
+        offset = float(offset_adu)
+        self.global_level_adu += offset
+        if self._sep is not None:
+            self.offset_adu += offset
+        else:
+            self._level = self._level + np.float32(offset)
+        if self._mesh_level is not None:
+            self._mesh_level = self._mesh_level + np.float32(offset)
 
     def add_to(self, image: np.ndarray) -> None:
         """Add the level back to ``image`` in place (the inverse of :meth:`subtract_from`)."""
@@ -243,6 +262,7 @@ class BackgroundModel:
         hdr["BKGMASK"] = (",".join(self.config.mask_planes), "mask planes ignored")
         hdr["BKGLEVEL"] = (self.global_level_adu, "[adu] global (median box) sky level")
         hdr["BKGRMS"] = (self.global_rms_adu, "[adu] global (median box) sky rms")
+        hdr["BKGOFFS"] = (self.offset_adu, "[adu] mean-sky correction added")
         hdr["BKGNX"] = (self.shape[1], "[pix] width of the fitted image")
         hdr["BKGNY"] = (self.shape[0], "[pix] height of the fitted image")
         hdr["COMMENT"] = "Sky background (sep/SExtractor). LEVEL is what was subtracted."
@@ -302,7 +322,7 @@ class BackgroundModel:
 
 
 def estimate_background(
-    exposure: Exposure, config: BackgroundConfig | None = None
+    exposure: Exposure, config: BackgroundConfig | None = None, *, extra_mask: np.ndarray | None = None
 ) -> BackgroundModel:
     """Estimate the sky background of ``exposure.image`` with sep.
 
@@ -312,6 +332,8 @@ def estimate_background(
         The exposure; its image (ADU, ``[y, x]``) is not modified.
     config : BackgroundConfig, optional
         Box size, filter and ignored mask planes (defaults if None).
+    extra_mask : ndarray of bool, optional
+        More pixels to ignore (shape of the image), e.g. grown footprints.
 
     Returns
     -------
@@ -339,6 +361,8 @@ def estimate_background(
             box_size_pix=box,
         )
     masked = planes_set(exposure.mask, plane_bits(config.mask_planes))
+    if extra_mask is not None:
+        masked |= extra_mask
     n_good = int(masked.size - np.count_nonzero(masked))
     if n_good == 0:
         raise BadExposureError(

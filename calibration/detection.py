@@ -85,6 +85,16 @@ class DetectionConfig:
         "subtract it instead (LSST's reEstimateBackground; calibrate does it after the "
         "detection, refine_background after a first undeblended pass).",
     )
+    mean_sky_correction: bool = doc_field(
+        True,
+        "After the re-estimate, add the clipped mean of the sky pixels away from every footprint "
+        "(grown by sky_mask_grow_pix) to the background: sep's box statistic is SExtractor's mode, "
+        "which for Poisson sky lies skewness x sigma / 2 below the mean (0.3 ADU at 1000 ADU, gain "
+        "1.5); LSST's background statistic is the clipped mean.",
+    )
+    sky_mask_grow_pix: int = doc_field(
+        4, "Footprints are grown by this many pixels to keep source wings out of that mean."
+    )
     clean: bool = doc_field(True, "Remove spurious detections in the wings of bright ones.")
     clean_param: float = doc_field(1.0, "Cleaning efficiency (SExtractor CLEAN_PARAM).")
     edge_width_pix: int | None = doc_field(
@@ -118,6 +128,8 @@ class DetectionConfig:
             raise ValueError(f"deblend_min_contrast must be in [0, 1], got {self.deblend_min_contrast}")
         if self.edge_width_pix is not None and self.edge_width_pix < 0:
             raise ValueError(f"edge_width_pix must be >= 0, got {self.edge_width_pix}")
+        if self.sky_mask_grow_pix < 0:
+            raise ValueError(f"sky_mask_grow_pix must be >= 0, got {self.sky_mask_grow_pix}")
         if self.pixstack_pix < 1 or self.sub_object_limit < 1:
             raise ValueError("pixstack_pix and sub_object_limit must be >= 1")
         plane_bits(self.mask_planes)
@@ -215,7 +227,13 @@ def _sparse(seg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def gaussian_kernel(fwhm_pix: float) -> np.ndarray:
-    """Unit-sum circular Gaussian of FWHM ``fwhm_pix``, ``(2r+1, 2r+1)``, r = ceil(3 sigma)."""
+    """Unit-sum circular Gaussian of FWHM ``fwhm_pix``, ``(2r+1, 2r+1)``, r = ceil(3 sigma).
+
+    A cut at 2 sigma would halve sep's convolution (most of a detection
+    pass) for under 1% of S/N, but moves footprints enough to shift the zero
+    point of the truth fields by up to 15 mmag through the background and
+    the segmentation: not taken.
+    """
     sigma = fwhm_pix / FWHM_PER_SIGMA
     half = max(1, int(np.ceil(3.0 * sigma)))
     yy, xx = np.mgrid[-half : half + 1, -half : half + 1]
@@ -399,20 +417,26 @@ def refine_background(
     del seg
     release_free_memory()
     if det_config.reestimate_background:
-        background = reestimate_background(exposure, background, bg_config)
+        background = reestimate_background(exposure, background, bg_config, det_config)
     table = _first_look_table(objects)
     table.meta.update(smoothing_fwhm_pix=fwhm, threshold_sigma=det_config.threshold_sigma)
     return table, background
 
 
 def reestimate_background(
-    exposure: Exposure, background: BackgroundModel, bg_config: BackgroundConfig | None = None
+    exposure: Exposure,
+    background: BackgroundModel,
+    bg_config: BackgroundConfig | None = None,
+    det_config: DetectionConfig | None = None,
 ) -> BackgroundModel:
     """Estimate the sky again with the ``DETECTED`` pixels ignored and subtract it instead of ``background``.
 
     LSST's reEstimateBackground: the footprints of a detection stay as they
     are; only the sky under them is refined. ``exposure.image`` must have
     ``background`` subtracted; on return it has the new model subtracted.
+    With ``det_config.mean_sky_correction`` the model is then raised to the
+    clipped mean of the sky away from the footprints (see
+    :class:`DetectionConfig`).
     """
     bg_config = bg_config or BackgroundConfig()
     if "DETECTED" not in bg_config.mask_planes:
@@ -420,7 +444,49 @@ def reestimate_background(
     background.add_to(exposure.image)
     refined = estimate_background(exposure, bg_config)
     refined.subtract_from(exposure.image)
+    if det_config is not None and det_config.mean_sky_correction:
+        offset = _mean_sky_residual(exposure, bg_config, det_config.sky_mask_grow_pix)
+        if offset is not None:
+            refined.add_offset(offset)
+            exposure.image -= np.float32(offset)
     return refined
+
+
+def _mean_sky_residual(exposure: Exposure, bg_config: BackgroundConfig, grow_pix: int,
+                       step: int = 2, n_sigma: float = 3.0) -> float | None:
+    """3-sigma clipped mean of the background-subtracted sky away from sources (every ``step``-th pixel).
+
+    ``DETECTED`` footprints are grown by ``grow_pix`` first: their wings hold
+    source light below the threshold. None when under 1000 pixels qualify.
+    """
+    ignore = planes_set(exposure.mask[::step, ::step], plane_bits(bg_config.mask_planes))
+    detected = planes_set(exposure.mask, int(MaskPlane.DETECTED))
+    ignore |= _grow(detected, grow_pix)[::step, ::step]
+    del detected
+    values = exposure.image[::step, ::step][~ignore].astype(np.float64)
+    values = values[np.isfinite(values)]
+    if values.size < 1000:
+        return None
+    centre, sigma = float(np.median(values)), mad_sigma(values)
+    for _ in range(5):
+        kept = values[np.abs(values - centre) < n_sigma * sigma]
+        if kept.size < 1000:
+            return None
+        centre, sigma = float(kept.mean()), float(kept.std())
+    return centre
+
+
+def _grow(mask: np.ndarray, radius: int) -> np.ndarray:
+    """``mask`` dilated by a (2 radius + 1)-pixel square."""
+    out = mask.copy()
+    for s in range(1, radius + 1):
+        out[:, s:] |= mask[:, :-s]
+        out[:, :-s] |= mask[:, s:]
+    rows = out.copy()
+    for s in range(1, radius + 1):
+        out[s:, :] |= rows[:-s, :]
+        out[:-s, :] |= rows[s:, :]
+    return out
 
 
 def first_look(

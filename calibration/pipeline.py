@@ -270,7 +270,7 @@ def calibrate(
         detections = detect_sources(exposure, config.detection, background_rms_adu=background, psf_fwhm_pix=fwhm_pix)
         if config.detection.reestimate_background:
             # LSST's reEstimateBackground: the sky again with the footprints masked.
-            background = reestimate_background(exposure, background, config.background)
+            background = reestimate_background(exposure, background, config.background, config.detection)
 
     sky_noise = None
     if config.do_sky_sources:
