@@ -35,7 +35,7 @@ class MaskPlane(enum.IntFlag):
     SKY_SOURCE = 1 << 7  #: inside a sky-source aperture (diagnostic only)
 
 
-MASK_DTYPE = np.int32
+MASK_DTYPE = np.int16  # 8 planes in use: int16 halves the plane's memory (bits 0-14 free)
 
 
 @dataclasses.dataclass
@@ -86,7 +86,7 @@ class Exposure:
     ----------
     image : ndarray of float32, shape (ny, nx)
         Pixel values in ADU, native byte order, indexed ``[y, x]``.
-    mask : ndarray of int32, shape (ny, nx)
+    mask : ndarray of int16, shape (ny, nx)
         OR of :class:`MaskPlane` bits.
     variance : ndarray of float32, shape (ny, nx)
         Per-pixel variance in ADU^2.

@@ -568,8 +568,8 @@ def _calexp_mask(src: _Source, hdu: Any) -> np.ndarray:
         raise src.fail(f"MASK shape {data.shape} differs from IMAGE shape {src.image.shape}",
                        shape=data.shape)
     bits = {k[3:]: v for k, v in hdu.header.items() if k.startswith("MP_") and type(v) is int and 0 <= v < 63}
-    if not bits:
-        return np.asarray(data, MASK_DTYPE)
+    if not bits:  # no plane names: the bits are taken as ours, those we do not define dropped
+        return (np.asarray(data, np.int64) & int(sum(MaskPlane))).astype(MASK_DTYPE)
     data = np.asarray(data, np.int64)
     mask = np.zeros(data.shape, MASK_DTYPE)
     for name, bit in bits.items():

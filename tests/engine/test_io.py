@@ -434,7 +434,7 @@ def test_write_read_round_trip(tmp_path):
     assert back.wcs.sip is not None
     with fits.open(path) as hdul:
         assert [h.name for h in hdul] == ["PRIMARY", "IMAGE", "MASK", "VARIANCE"]
-        assert hdul["MASK"].data.dtype == np.dtype(">i4") and hdul["IMAGE"].data.dtype == np.dtype(">f4")
+        assert hdul["MASK"].data.dtype == np.dtype(">i2") and hdul["IMAGE"].data.dtype == np.dtype(">f4")
         assert hdul["MASK"].header["MP_SAT"] == 1 and hdul["MASK"].header["MP_SKY_SOURCE"] == 7
         assert hdul["VARIANCE"].header["LTV1"] == -123 and hdul["VARIANCE"].header["CTYPE1"] == "RA---TAN-SIP"
         primary = hdul[0].header

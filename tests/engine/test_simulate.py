@@ -371,7 +371,7 @@ def test_exposure_is_consistent():
     sim = simulate_exposure(shape=(128, 128), n_stars=30)
     exp = sim.exposure
     assert exp.image.dtype == np.float32 and exp.image.dtype.isnative
-    assert exp.variance.shape == exp.image.shape and exp.mask.dtype == np.int32
+    assert exp.variance.shape == exp.image.shape and exp.mask.dtype == np.int16
     assert exp.info.exptime_s == 30.0 and exp.info.mjd_obs == pytest.approx(60384.1339, abs=1e-4)
     assert exp.header["FILTER"] == "r"
     assert dataclasses.asdict(exp.info)["saturation_adu"] == sim.config.saturation_adu
