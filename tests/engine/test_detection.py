@@ -357,3 +357,30 @@ def test_mean_sky_correction_removes_the_mode_bias_of_poisson_sky() -> None:
         np.testing.assert_allclose(exposure.image, sim.exposure.image - model.level_image, atol=1e-3)
     assert error[False] < -0.06  # the mode's bias, ~skewness x sigma / 2 of the sky's Poisson noise
     assert abs(error[True]) < 0.05, error  # 0.002 sigma
+
+
+def test_uniform_noise_uses_one_threshold_and_finds_the_same_sources() -> None:
+    """Flat sky: the median rms as one number detects what the per-pixel map detects; a sky
+    whose noise varies keeps the map."""
+    from calibration.background import estimate_background
+    from calibration.detection import uniform_rms_adu
+    from calibration.testing import SimConfig, simulate_exposure
+
+    flat = simulate_exposure(SimConfig(shape=(1024, 1024), n_stars=800, n_galaxies=0, n_cosmic_rays=0, seed=8))
+    model = estimate_background(flat.exposure)
+    rms = uniform_rms_adu(model, 0.05)
+    assert rms == pytest.approx(flat.sky_noise_adu, rel=0.03)
+    counts = {}
+    for tolerance in (0.0, 0.05):
+        exposure = flat.exposure.copy()
+        model.subtract_from(exposure.image)
+        result = detect_sources(exposure, DetectionConfig(uniform_noise_tolerance=tolerance),
+                                background_rms_adu=model, psf_fwhm_pix=3.0)
+        counts[tolerance] = result.n_primary
+    assert abs(counts[0.05] - counts[0.0]) <= 0.01 * counts[0.0]
+    # Noise of 10 ADU on the left half, 30 ADU on the right: the map is kept.
+    rng = np.random.default_rng(8)
+    image = rng.normal(0.0, 10.0, (512, 1024)).astype(np.float32)
+    image[:, 512:] *= 3
+    two = estimate_background(make_exposure(image, variance=np.full(image.shape, 100.0, np.float32)))
+    assert uniform_rms_adu(two, 0.05) is None
