@@ -462,27 +462,40 @@ def reestimate_background(
 
 
 def _mean_sky_residual(exposure: Exposure, bg_config: BackgroundConfig, grow_pix: int,
-                       step: int = 2, n_sigma: float = 3.0) -> float | None:
-    """3-sigma clipped mean of the background-subtracted sky away from sources (every ``step``-th pixel).
+                       n_sigma: float = 3.0, max_samples: int = 1 << 20) -> float | None:
+    """3-sigma clipped mean of the background-subtracted sky away from sources, on a grid of pixels.
 
-    ``DETECTED`` footprints are grown by ``grow_pix`` first: their wings hold
-    source light below the threshold. None when under 1000 pixels qualify.
+    The image is cut into ``step`` x ``step`` blocks; a block with a
+    ``DETECTED`` pixel, grown by ``grow_pix`` (rounded up to whole blocks:
+    source wings hold light below the threshold), is left out, and each
+    other block gives its central pixel (1M pixels of a 4096 x 4096 image:
+    the mean to 0.001 sigma); ``step`` is chosen for about ``max_samples``
+    blocks. None when under 1000 pixels qualify.
     """
-    ignore = planes_set(exposure.mask[::step, ::step], plane_bits(bg_config.mask_planes))
-    detected = planes_set(exposure.mask, int(MaskPlane.DETECTED))
-    ignore |= _grow(detected, grow_pix)[::step, ::step]
-    del detected
-    values = exposure.image[::step, ::step][~ignore].astype(np.float64)
+    ny, nx = exposure.shape
+    step = max(1, int(np.sqrt(ny * nx / max_samples)))
+    by, bx = ny // step, nx // step
+    # Blocks holding a footprint pixel, from the footprint pixels' positions
+    # (a reduction over the full-size plane costs ten times more).
+    rows, cols = np.divmod(np.flatnonzero(planes_set(exposure.mask, int(MaskPlane.DETECTED))), nx)
+    inside = (rows < by * step) & (cols < bx * step)
+    blocks = np.zeros((by, bx), bool)
+    blocks[rows[inside] // step, cols[inside] // step] = True
+    del rows, cols, inside
+    near = _grow(blocks, -(-grow_pix // step))
+    centre = (slice(step // 2, by * step, step), slice(step // 2, bx * step, step))
+    near |= planes_set(exposure.mask[centre], plane_bits(bg_config.mask_planes))
+    values = exposure.image[centre][~near].astype(np.float64)
     values = values[np.isfinite(values)]
     if values.size < 1000:
         return None
-    centre, sigma = float(np.median(values)), mad_sigma(values)
-    for _ in range(5):
-        kept = values[np.abs(values - centre) < n_sigma * sigma]
+    centre_value, sigma = float(np.median(values)), mad_sigma(values)
+    for _ in range(3):
+        kept = values[np.abs(values - centre_value) < n_sigma * sigma]
         if kept.size < 1000:
             return None
-        centre, sigma = float(kept.mean()), float(kept.std())
-    return centre
+        centre_value, sigma = float(kept.mean()), float(kept.std())
+    return centre_value
 
 
 def _grow(mask: np.ndarray, radius: int) -> np.ndarray:
