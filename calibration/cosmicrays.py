@@ -41,6 +41,7 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from .pixelsets import grow_square, touching_pairs
 from .stats import row_median
 from .configbase import doc_field
 from .errors import BadExposureError, PsfError
@@ -194,7 +195,7 @@ def find_and_repair_cosmic_rays(
         sigma_psf_pix=float(psf_fwhm_pix) * _FWHM_TO_SIGMA,
         background_rms_adu=float(background_rms_adu),
     )
-    flagged = _grow(core, (ny, nx), config.grow_pix)
+    flagged = grow_square(core, (ny, nx), config.grow_pix)
     flagged = flagged[(exposure.mask.ravel()[flagged] & int(_PROTECTED)) == 0]
     n_pixels = int(flagged.size)
     if n_pixels == 0:
@@ -314,32 +315,9 @@ def _above_local_minimum(image: np.ndarray, threshold: np.float32) -> np.ndarray
     return np.concatenate(found) if found else np.zeros(0, np.int64)
 
 
-def _grow(core: np.ndarray, shape: tuple[int, int], grow_pix: int) -> np.ndarray:
-    """Sorted flat indices of ``core`` grown by a square of half-side ``grow_pix`` (inside the image)."""
-    if grow_pix <= 0 or core.size == 0:
-        return np.unique(core)
-    ny, nx = shape
-    dy, dx = (g.ravel() for g in np.mgrid[-grow_pix : grow_pix + 1, -grow_pix : grow_pix + 1])
-    iy, ix = np.divmod(core, nx)
-    yy, xx = iy[:, None] + dy[None, :], ix[:, None] + dx[None, :]
-    inside = (yy >= 0) & (yy < ny) & (xx >= 0) & (xx < nx)
-    return np.unique(yy[inside] * nx + xx[inside])
-
-
 def _count_groups(flagged: np.ndarray, shape: tuple[int, int]) -> int:
     """Number of 8-connected groups among the sorted flat indices ``flagged``."""
-    ny, nx = shape
-    iy, ix = np.divmod(flagged, nx)
-    rows, cols = [], []
-    for dy, dx in ((0, 1), (1, -1), (1, 0), (1, 1)):  # forward half of the 8 neighbours
-        yy, xx = iy + dy, ix + dx
-        inside = (yy < ny) & (xx >= 0) & (xx < nx)
-        target = yy * nx + xx
-        pos = np.minimum(np.searchsorted(flagged, target), flagged.size - 1)
-        hit = inside & (flagged[pos] == target)
-        rows.append(np.flatnonzero(hit))
-        cols.append(pos[hit])
-    r, c = np.concatenate(rows), np.concatenate(cols)
+    r, c = touching_pairs(flagged, shape[1])
     graph = coo_matrix((np.ones(r.size, np.int8), (r, c)), shape=(flagged.size, flagged.size))
     n, _ = connected_components(graph, directed=False)
     return int(n)

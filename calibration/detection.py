@@ -36,6 +36,7 @@ from .background import (
 from .configbase import doc_field
 from .errors import BadExposureError, CalibrationError, ConfigError, NoSourcesError
 from .exposure import MASK_DTYPE, Exposure, MaskPlane, planes_set, release_free_memory
+from .pixelsets import grow_square, touching_pairs
 from .stats import mad_sigma
 
 __all__ = [
@@ -302,7 +303,7 @@ def detect_sources(
     """
     config = config or DetectionConfig()
     _validate(config)
-    fwhm = float(config.smoothing_fwhm_pix or psf_fwhm_pix or config.fallback_smoothing_fwhm_pix)
+    fwhm = _filter_fwhm(config, psf_fwhm_pix)
     prep = _prepare(exposure, config, background_rms_adu, fwhm)
     data, err, masked, kernel = prep.data, prep.err, prep.masked, prep.kernel
     median_rms, filtered_noise_factor = prep.median_rms, prep.noise_factor
@@ -413,7 +414,7 @@ def refine_background(
     _validate(det_config)
     background = estimate_background(exposure, bg_config)
     background.subtract_from(exposure.image)
-    fwhm = float(det_config.smoothing_fwhm_pix or psf_fwhm_pix or det_config.fallback_smoothing_fwhm_pix)
+    fwhm = _filter_fwhm(det_config, psf_fwhm_pix)
     prep = _prepare(exposure, det_config, background, fwhm)
     figures = dict(threshold_sigma=det_config.threshold_sigma, min_pixels=det_config.min_pixels,
                    smoothing_fwhm_pix=fwhm, background_rms_adu=prep.median_rms)
@@ -480,10 +481,10 @@ def _mean_sky_residual(exposure: Exposure, bg_config: BackgroundConfig, grow_pix
     # (a reduction over the full-size plane costs ten times more).
     rows, cols = np.divmod(np.flatnonzero(planes_set(exposure.mask, int(MaskPlane.DETECTED))), nx)
     inside = (rows < by * step) & (cols < bx * step)
-    blocks = np.zeros((by, bx), bool)
-    blocks[rows[inside] // step, cols[inside] // step] = True
+    blocks = np.unique((rows[inside] // step) * bx + cols[inside] // step)
     del rows, cols, inside
-    near = _grow(blocks, -(-grow_pix // step))
+    near = np.zeros((by, bx), bool)
+    near.ravel()[grow_square(blocks, (by, bx), -(-grow_pix // step))] = True
     centre = (slice(step // 2, by * step, step), slice(step // 2, bx * step, step))
     near |= planes_set(exposure.mask[centre], plane_bits(bg_config.mask_planes))
     values = exposure.image[centre][~near]
@@ -498,19 +499,6 @@ def _mean_sky_residual(exposure: Exposure, bg_config: BackgroundConfig, grow_pix
             return None
         centre_value, sigma = float(kept.mean(dtype=np.float64)), float(kept.std(dtype=np.float64))
     return centre_value
-
-
-def _grow(mask: np.ndarray, radius: int) -> np.ndarray:
-    """``mask`` dilated by a (2 radius + 1)-pixel square."""
-    out = mask.copy()
-    for s in range(1, radius + 1):
-        out[:, s:] |= mask[:, :-s]
-        out[:, :-s] |= mask[:, s:]
-    rows = out.copy()
-    for s in range(1, radius + 1):
-        out[s:, :] |= rows[:-s, :]
-        out[:-s, :] |= rows[s:, :]
-    return out
 
 
 def first_look(
@@ -535,7 +523,7 @@ def first_look(
     """
     det_config = det_config or DetectionConfig()
     _validate(det_config)
-    fwhm = float(det_config.smoothing_fwhm_pix or psf_fwhm_pix or det_config.fallback_smoothing_fwhm_pix)
+    fwhm = _filter_fwhm(det_config, psf_fwhm_pix)
     ny, nx = exposure.shape
     scale = min(1.0, float(np.sqrt(max_fraction)))
     h, w = max(1, int(ny * scale)), max(1, int(nx * scale))
@@ -669,6 +657,11 @@ def detect_and_refine_background(
     result = detect_sources(exposure, det_config, background_rms_adu=background,
                             psf_fwhm_pix=psf_fwhm_pix, max_sources=max_sources)
     return result, background
+
+
+def _filter_fwhm(config: DetectionConfig, psf_fwhm_pix: float | None) -> float:
+    """FWHM (pix) of the detection filter: the configured one, else the PSF's, else the fallback."""
+    return float(config.smoothing_fwhm_pix or psf_fwhm_pix or config.fallback_smoothing_fwhm_pix)
 
 
 def _validate(config: DetectionConfig) -> None:
@@ -910,8 +903,6 @@ def _clean(objects: np.ndarray, seg: tuple[np.ndarray, np.ndarray], clean_param:
 
 def _clean_eaters(obj: np.ndarray, beta: float, min_pixels: int) -> np.ndarray:
     """Index of the surviving object that eats each one; -1 for survivors."""
-    from scipy.spatial import cKDTree
-
     n = len(obj)
     x, y = obj["x"].astype(float), obj["y"].astype(float)
     a = np.maximum(obj["a"].astype(float), 1e-3)
@@ -947,9 +938,7 @@ def _clean_eaters(obj: np.ndarray, beta: float, min_pixels: int) -> np.ndarray:
     # The brightest surviving neighbour that eats it takes its pixels.
     order = np.argsort(flux[e[ok]], kind="stable")
     eater[v[ok][order]] = e[ok][order]
-    eater[alive] = -1
-    orphan = ~alive & (eater < 0)
-    eater[orphan] = -1
+    eater[alive] = -1  # an eaten object left without a surviving eater keeps -1: it survives
     return eater
 
 
@@ -1036,27 +1025,10 @@ def _parents_of(children: np.ndarray, seg: tuple[np.ndarray, np.ndarray], width:
 
     pix, lab = seg
     n = len(children)
-    col = pix % width
-    src, dst = [], []
-    # Right neighbour: the next pixel of the sorted list, unless it wraps to the next row.
-    right = np.flatnonzero((pix[1:] == pix[:-1] + 1) & (col[:-1] != width - 1))
-    differ = lab[right] != lab[right + 1]
-    src.append(lab[right][differ])
-    dst.append(lab[right + 1][differ])
-    # The three pixels of the row below are consecutive values: one search
-    # finds the first, each present one moves the next one place further.
-    pos = np.searchsorted(pix, pix + (width - 1))
-    last = max(pix.size - 1, 0)
-    for off, wraps in ((width - 1, col == 0), (width, None), (width + 1, col == width - 1)):
-        pos = np.minimum(pos, last)
-        present = pix[pos] == pix + off
-        hit = present if wraps is None else present & ~wraps
-        differ = hit & (lab[pos] != lab)
-        src.append(lab[differ])
-        dst.append(lab[pos[differ]])
-        pos = pos + present
-    s = np.concatenate(src).astype(np.int64) - 1
-    d = np.concatenate(dst).astype(np.int64) - 1
+    a, b = touching_pairs(pix, width)
+    differ = lab[a] != lab[b]
+    s = lab[a[differ]].astype(np.int64) - 1
+    d = lab[b[differ]].astype(np.int64) - 1
     graph = coo_matrix((np.ones(s.size, np.int8), (s, d)), shape=(n, n))
     n_groups, group = connected_components(graph, directed=False)
     # Number the parents in the order of their first child, as sep would list them.
