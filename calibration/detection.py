@@ -36,7 +36,7 @@ from .background import (
 from .configbase import doc_field
 from .errors import BadExposureError, CalibrationError, ConfigError, NoSourcesError
 from .exposure import MASK_DTYPE, Exposure, MaskPlane, planes_set, release_free_memory
-from .pixelsets import grow_square, touching_pairs
+from .pixelsets import touching_pairs
 from .stats import mad_sigma
 
 __all__ = [
@@ -481,10 +481,12 @@ def _mean_sky_residual(exposure: Exposure, bg_config: BackgroundConfig, grow_pix
     # (a reduction over the full-size plane costs ten times more).
     rows, cols = np.divmod(np.flatnonzero(planes_set(exposure.mask, int(MaskPlane.DETECTED))), nx)
     inside = (rows < by * step) & (cols < bx * step)
-    blocks = np.unique((rows[inside] // step) * bx + cols[inside] // step)
+    blocks = np.zeros((by, bx), bool)
+    blocks[rows[inside] // step, cols[inside] // step] = True
     del rows, cols, inside
-    near = np.zeros((by, bx), bool)
-    near.ravel()[grow_square(blocks, (by, bx), -(-grow_pix // step))] = True
+    # Dense: in a crowded field most blocks hold a footprint, and the sparse
+    # growth (pixelsets.grow_square) of millions of blocks costs seconds and GB.
+    near = _dilate_square(blocks, -(-grow_pix // step))
     centre = (slice(step // 2, by * step, step), slice(step // 2, bx * step, step))
     near |= planes_set(exposure.mask[centre], plane_bits(bg_config.mask_planes))
     values = exposure.image[centre][~near]
@@ -499,6 +501,19 @@ def _mean_sky_residual(exposure: Exposure, bg_config: BackgroundConfig, grow_pix
             return None
         centre_value, sigma = float(kept.mean(dtype=np.float64)), float(kept.std(dtype=np.float64))
     return centre_value
+
+
+def _dilate_square(mask: np.ndarray, radius: int) -> np.ndarray:
+    """``mask`` dilated by a (2 radius + 1)-pixel square, one axis after the other."""
+    out = mask.copy()
+    for s in range(1, radius + 1):
+        out[:, s:] |= mask[:, :-s]
+        out[:, :-s] |= mask[:, s:]
+    rows = out.copy()
+    for s in range(1, radius + 1):
+        out[s:, :] |= rows[:-s, :]
+        out[:-s, :] |= rows[s:, :]
+    return out
 
 
 def first_look(
@@ -1025,10 +1040,9 @@ def _parents_of(children: np.ndarray, seg: tuple[np.ndarray, np.ndarray], width:
 
     pix, lab = seg
     n = len(children)
-    a, b = touching_pairs(pix, width)
-    differ = lab[a] != lab[b]
-    s = lab[a[differ]].astype(np.int64) - 1
-    d = lab[b[differ]].astype(np.int64) - 1
+    a, b = touching_pairs(pix, width, labels=lab)
+    s = lab[a].astype(np.int64) - 1
+    d = lab[b].astype(np.int64) - 1
     graph = coo_matrix((np.ones(s.size, np.int8), (s, d)), shape=(n, n))
     n_groups, group = connected_components(graph, directed=False)
     # Number the parents in the order of their first child, as sep would list them.

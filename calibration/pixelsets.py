@@ -12,18 +12,25 @@ import numpy as np
 __all__ = ["grow_square", "touching_pairs"]
 
 
-def touching_pairs(pix: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+def touching_pairs(pix: np.ndarray, width: int, labels: np.ndarray | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
     """Positions ``(a, b)`` in ``pix`` (sorted flat indices) of every pair of 8-connected pixels.
 
     Each pair appears once: ``pix[b]`` is the right, lower-left, lower or
-    lower-right neighbour of ``pix[a]``.
+    lower-right neighbour of ``pix[a]``. With ``labels`` (one per pixel) only
+    the pairs whose labels differ, dropped direction by direction: the
+    footprints of a crowded image hold tens of millions of pairs inside
+    themselves, and holding them all at once costs hundreds of MB.
     """
     if pix.size == 0:
         empty = np.zeros(0, np.int64)
         return empty, empty
     col = pix % width
     # Right neighbour: the next pixel of the sorted list, unless it wraps to the next row.
-    right = np.flatnonzero((pix[1:] == pix[:-1] + 1) & (col[:-1] != width - 1))
+    right = (pix[1:] == pix[:-1] + 1) & (col[:-1] != width - 1)
+    if labels is not None:
+        right &= labels[1:] != labels[:-1]
+    right = np.flatnonzero(right)
     first, second = [right], [right + 1]
     # The three pixels of the row below are consecutive values: one search
     # finds the first, each present one moves the next one place further.
@@ -33,6 +40,8 @@ def touching_pairs(pix: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]
         pos = np.minimum(pos, last)
         present = pix[pos] == pix + off
         hit = present if wraps is None else present & ~wraps
+        if labels is not None:
+            hit = hit & (labels[pos] != labels)  # not in place: hit may be present
         first.append(np.flatnonzero(hit))
         second.append(pos[hit])
         pos = pos + present

@@ -15,6 +15,23 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
+#: Figures the tests measured (load times...), printed in the run's summary: a test never
+#: asserts a wall-clock time, but the figures must not get lost in captured output.
+MEASURED: list[str] = []
+
+
+@pytest.fixture
+def report_figure():
+    """Call with one line of measured figures; it is printed at the end of the run."""
+    return MEASURED.append
+
+
+def pytest_terminal_summary(terminalreporter):
+    if MEASURED:
+        terminalreporter.section("measured figures")
+        for line in MEASURED:
+            terminalreporter.write_line(line)
+
 
 @pytest.fixture(scope="session")
 def django_db_setup(django_db_setup, django_db_blocker):

@@ -21,6 +21,11 @@ def test_touching_pairs_are_the_8_connected_neighbours() -> None:
                 expected.add((int(y * 17 + x), int(yy * 17 + xx)))
     assert found == expected
     assert touching_pairs(np.zeros(0, np.int64), 17)[0].size == 0
+    # With labels: only the pairs across two labels.
+    labels = rng.integers(1, 4, pix.size)
+    a, b = touching_pairs(pix, 17, labels=labels)
+    where = {int(p): int(lab) for p, lab in zip(pix, labels)}
+    assert {(int(pix[i]), int(pix[j])) for i, j in zip(a, b)} == {(p, q) for p, q in expected if where[p] != where[q]}
 
 
 def test_grow_square_is_a_square_dilation_inside_the_image() -> None:

@@ -80,7 +80,8 @@ def synthetic_astrometric_matches(n: int, *, x, y, ref_ra=None, ref_dec=None, se
 
 
 def test_diagnostics_of_a_real_run_render_in_the_browser(
-    live_server, transactional_db, browser_page, user, default_config, tmp_path, monkeypatch  # noqa: F811
+    live_server, transactional_db, browser_page, user, default_config, tmp_path, monkeypatch,  # noqa: F811
+    report_figure,
 ):
     from calibration.testing import make_reference_catalog, simulate_exposure, small_field_config, write_fits, write_reference_catalog
     from calibweb.core import tasks
@@ -140,13 +141,13 @@ def test_diagnostics_of_a_real_run_render_in_the_browser(
     html = report.read_text()
     assert download.value.suggested_filename == f"run{run.pk}_report.html"
     assert "Bokeh" in html and not re.search(r"<script[^>]*\ssrc=[\"']?(https?:)?//", html)
-    print(f"\n[diagnostics] real run ({run.n_sources} sources): astrometry {astrometry_ms:.0f} ms, "
+    report_figure(f"[diagnostics] real run ({run.n_sources} sources): astrometry {astrometry_ms:.0f} ms, "
           f"photometry {photometry_ms:.0f} ms, image {image_ms:.0f} ms (request to painted, cold cache)")
     assert page.console_errors == []
 
 
 def test_residual_plots_of_fifty_thousand_matches_load_time(
-    live_server, transactional_db, browser_page, user, make_fits  # noqa: F811
+    live_server, transactional_db, browser_page, user, make_fits, report_figure  # noqa: F811
 ):
     n = 50_000
     path = make_fits("big.fits")
@@ -187,7 +188,7 @@ def test_residual_plots_of_fifty_thousand_matches_load_time(
     for stale in (directory / diagnostics.CACHE_DIR).glob("astrometry-*.json"):
         stale.unlink()
     cold_ms, cold_wall_ms = view_astrometry(reload=True)
-    print(f"\n[diagnostics] {n} astrometric matches: residual plots of the prebuilt run loaded in {first_ms:.0f} ms "
+    report_figure(f"[diagnostics] {n} astrometric matches: residual plots of the prebuilt run loaded in {first_ms:.0f} ms "
           f"(fetch {timings['fetch_ms']:.0f} ms; navigation to painted {first_wall_ms:.0f} ms); built on request "
           f"{cold_ms:.0f} ms (navigation to painted {cold_wall_ms:.0f} ms)")
     assert page.console_errors == []
