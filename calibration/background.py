@@ -8,10 +8,11 @@ bicubic spline. Pixels in ``mask_planes`` are ignored (LSST masks ``DETECTED``
 so that bright sources do not bias the sky; see
 :func:`calibration.detection.detect_and_refine_background`).
 
-:class:`BackgroundModel` is the engine's ``calexpBackground``: it keeps the
-full-resolution level and rms images that were subtracted, so a person can add
-the background back exactly, plus the box-wise mesh for quick display, the
-global figures and the config it was made with.
+:class:`BackgroundModel` is the engine's ``calexpBackground``: as LSST's, it
+keeps the binned model (sep's spline nodes of level and rms), the global
+figures and the config, and rebuilds the full-resolution planes from them with
+sep's own interpolation (:func:`spline_matrix`), so a person can add the
+subtracted background back to within float32 rounding from a file of a few kB.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ __all__ = [
     "estimate_background",
     "subtract_background",
     "plane_bits",
+    "spline_matrix",
 ]
 
 #: FITS header keyword of each config field (cards of the PRIMARY HDU).
@@ -102,7 +104,8 @@ class BackgroundModel:
     The model is kept as sep's box mesh and spline: the full-resolution planes
     are evaluated when asked for (about 40 ms each on 4096 x 4096), so that a
     calibration does not hold two extra image-sized planes. A model read back
-    from a file holds its planes as arrays.
+    from a file (or unpickled) holds the mesh and rebuilds the planes with
+    :func:`spline_matrix` (old files with full planes are read as they are).
 
     Attributes
     ----------
@@ -113,11 +116,13 @@ class BackgroundModel:
     rms_image : ndarray of float32, shape (ny, nx)
         Sky noise of every pixel (ADU), the spline-interpolated box rms.
     mesh_level : ndarray of float32, shape (n_box_y, n_box_x)
-        Model level at the central pixel of each box (ADU): box ``(j, i)``
+        Model level at the spline nodes (ADU), one per box: box ``(j, i)``
         covers rows ``j*box .. min((j+1)*box, ny)-1`` and columns likewise
-        (the last box of a row or column may be partial). For display.
+        (the last box of a row or column may be partial); its node lies at
+        ``y = (j + 0.5) box``, ``x = (i + 0.5) box - 0.5`` (sep's and
+        SExtractor's convention). The filtered box values.
     mesh_rms : ndarray of float32, shape (n_box_y, n_box_x)
-        Model rms at the same pixels (ADU).
+        Model rms at the same nodes (ADU).
     global_level_adu : float
         Median of the box levels (ADU).
     global_rms_adu : float
@@ -139,8 +144,11 @@ class BackgroundModel:
         sep_background: Any = None,
         shape: tuple[int, int] | None = None,
     ) -> None:
-        if sep_background is None and (level_image is None or rms_image is None):
-            raise ValueError("a BackgroundModel needs level_image and rms_image, or a sep background")
+        planes = level_image is not None and rms_image is not None
+        mesh = mesh_level is not None and mesh_rms is not None and shape is not None
+        if sep_background is None and not (planes or mesh):
+            raise ValueError("a BackgroundModel needs level_image and rms_image, a mesh and a shape, "
+                             "or a sep background")
         self._level = level_image
         self._rms = rms_image
         self._sep = sep_background
@@ -158,13 +166,12 @@ class BackgroundModel:
                 f"global_rms_adu={self.global_rms_adu:.6g}, config={self.config!r})")
 
     def __getstate__(self) -> dict[str, Any]:
-        # sep's Background cannot be pickled: keep its planes instead.
+        # sep's Background cannot be pickled: keep its mesh instead (the planes follow from it).
         state = dict(self.__dict__)
         if state["_sep"] is not None:
-            state["_level"], state["_rms"] = self.level_image, self.rms_image
             state["_mesh_level"], state["_mesh_rms"] = self.mesh_level, self.mesh_rms
             state["_sep"] = None
-            state["offset_adu"] = 0.0  # now inside the planes
+            state["offset_adu"] = 0.0  # now inside the mesh
         return state
 
     @property
@@ -177,6 +184,8 @@ class BackgroundModel:
         """Full-resolution sky level (ADU, float32, ``[y, x]``)."""
         if self._level is not None:
             return self._level
+        if self._sep is None:
+            return self._evaluate(self._mesh_level)
         level = np.asarray(self._sep.back(dtype=np.float32))
         if self.offset_adu:
             level += np.float32(self.offset_adu)
@@ -187,24 +196,45 @@ class BackgroundModel:
         """Full-resolution sky rms (ADU, float32, ``[y, x]``)."""
         if self._rms is not None:
             return self._rms
+        if self._sep is None:
+            return self._evaluate(self._mesh_rms)
         return np.asarray(self._sep.rms(dtype=np.float32))
 
     @property
     def mesh_level(self) -> np.ndarray:
         if self._mesh_level is None:
-            self._mesh_level = self._at_box_centres(self.level_image)
+            self._mesh_level = self._nodes(self.level_image)
         return self._mesh_level
 
     @property
     def mesh_rms(self) -> np.ndarray:
         if self._mesh_rms is None:
-            self._mesh_rms = self._at_box_centres(self.rms_image)
+            self._mesh_rms = self._nodes(self.rms_image)
         return self._mesh_rms
 
-    def _at_box_centres(self, plane: np.ndarray) -> np.ndarray:
+    def _operators(self) -> tuple[np.ndarray, np.ndarray]:
         box = self.config.box_size_pix
-        rows, cols = _box_centres(self.shape[0], box), _box_centres(self.shape[1], box)
-        return plane[np.ix_(rows, cols)].copy()
+        ny, nx = self.shape
+        return (spline_matrix(ny, box, -(-ny // box), axis="y"), spline_matrix(nx, box, -(-nx // box), axis="x"))
+
+    def _evaluate(self, mesh: np.ndarray) -> np.ndarray:
+        """The full-resolution plane of a node mesh (sep's bicubic spline)."""
+        ay, ax = self._operators()
+        return ((ay @ np.asarray(mesh, float)) @ ax.T).astype(np.float32)
+
+    def _nodes(self, plane: np.ndarray) -> np.ndarray:
+        """The node mesh that ``plane`` interpolates (exact: the plane is ``Ay mesh Ax^T``).
+
+        Solved by least squares on about eight rows and columns per box, so
+        the cost does not depend on the image size.
+        """
+        ay, ax = self._operators()
+        ny, nx = self.shape
+        step = max(1, self.config.box_size_pix // 8)
+        rows, cols = np.arange(0, ny, step), np.arange(0, nx, step)
+        sub = np.asarray(plane[np.ix_(rows, cols)], float)
+        left = np.linalg.lstsq(ay[rows], sub, rcond=None)[0]
+        return np.linalg.lstsq(ax[cols], left.T, rcond=None)[0].T.astype(np.float32)
 
     def subtract_from(self, image: np.ndarray) -> None:
         """Subtract the level from ``image`` (float32, ``[y, x]``) in place, without a temporary plane."""
@@ -221,9 +251,9 @@ class BackgroundModel:
         self.global_level_adu += offset
         if self._sep is not None:
             self.offset_adu += offset
-        else:
+        elif self._level is not None:
             self._level = self._level + np.float32(offset)
-        if self._mesh_level is not None:
+        if self._mesh_level is not None:  # a mesh-only model's level follows from it
             self._mesh_level = self._mesh_level + np.float32(offset)
 
     def add_to(self, image: np.ndarray) -> None:
@@ -248,11 +278,13 @@ class BackgroundModel:
         return self.level_image.copy() if self._level is not None else self.level_image
 
     def to_hdulist(self) -> fits.HDUList:
-        """FITS form (``calexpBackground.fits``).
+        """FITS form (``calexpBackground.fits``), LSST's binned form of the model.
 
-        HDUs: PRIMARY (no data; config and global figures as cards),
-        ``MESH_LEVEL`` and ``MESH_RMS`` (box values, ADU), ``LEVEL`` and
-        ``RMS`` (full-resolution model, ADU, float32).
+        HDUs: PRIMARY (no data; config, image size and global figures as
+        cards), ``MESH_LEVEL`` and ``MESH_RMS`` (the spline nodes, ADU,
+        float32; see :attr:`mesh_level` for where they lie). The full planes
+        follow from them (:meth:`from_hdulist`, or :func:`spline_matrix` for
+        a reader of its own): storing them would cost two image-sized planes.
         """
         primary = fits.PrimaryHDU()
         hdr = primary.header
@@ -265,18 +297,14 @@ class BackgroundModel:
         hdr["BKGOFFS"] = (self.offset_adu, "[adu] mean-sky correction added")
         hdr["BKGNX"] = (self.shape[1], "[pix] width of the fitted image")
         hdr["BKGNY"] = (self.shape[0], "[pix] height of the fitted image")
-        hdr["COMMENT"] = "Sky background (sep/SExtractor). LEVEL is what was subtracted."
-        level, rms = self.level_image, self.rms_image
-        if self._mesh_level is None:
-            self._mesh_level = self._at_box_centres(level)
-        if self._mesh_rms is None:
-            self._mesh_rms = self._at_box_centres(rms)
+        hdr["BKGINTRP"] = ("SEP-SPLINE", "natural bicubic spline through the mesh nodes")
+        hdr["COMMENT"] = "Sky background (sep/SExtractor): the spline of MESH_LEVEL was subtracted."
+        hdr["COMMENT"] = "Node (j, i) of the mesh lies at y = (j + 0.5) BKGBOX, x = (i + 0.5) BKGBOX - 0.5"
+        hdr["COMMENT"] = "(0-based pixels); natural cubic spline along y, then along x."
         hdus = [primary]
         for name, data, what in (
-            ("MESH_LEVEL", self.mesh_level, "model level at each box centre"),
-            ("MESH_RMS", self.mesh_rms, "model rms at each box centre"),
-            ("LEVEL", level, "full-resolution sky level"),
-            ("RMS", rms, "full-resolution sky rms"),
+            ("MESH_LEVEL", self.mesh_level, "sky level at the spline nodes"),
+            ("MESH_RMS", self.mesh_rms, "sky rms at the spline nodes"),
         ):
             hdu = fits.ImageHDU(np.asarray(data, np.float32), name=name)
             hdu.header["BUNIT"] = "adu"
@@ -297,10 +325,12 @@ class BackgroundModel:
         try:
             hdr = hdulist[0].header
             raw: dict[str, Any] = {field: hdr[card] for field, card in _CONFIG_CARDS.items()}
-            arrays = {
-                name: _native(hdulist[name].data)
-                for name in ("MESH_LEVEL", "MESH_RMS", "LEVEL", "RMS")
-            }
+            arrays = {name: _native(hdulist[name].data) for name in ("MESH_LEVEL", "MESH_RMS")}
+            # Files of earlier versions also hold the full planes: read them as they are.
+            full = "LEVEL" in hdulist and "RMS" in hdulist
+            for name in ("LEVEL", "RMS"):
+                arrays[name] = _native(hdulist[name].data) if full else None
+            shape = (int(hdr["BKGNY"]), int(hdr["BKGNX"]))
             level, rms = float(hdr["BKGLEVEL"]), float(hdr["BKGRMS"])
         except KeyError as exc:
             raise BadExposureError(
@@ -318,6 +348,7 @@ class BackgroundModel:
             global_level_adu=level,
             global_rms_adu=rms,
             config=config,
+            shape=shape,
         )
 
 
@@ -399,7 +430,10 @@ def estimate_background(
         sep_background=bkg,
         shape=(ny, nx),
     )
-    if not model.global_rms_adu > 0 and not np.any(model.rms_image > 0):
+    # The nodes now, one transient plane at a time: asked for later (detection's noise
+    # figure, the file) they would add an image-sized plane to a higher peak.
+    model.mesh_level, model.mesh_rms  # noqa: B018 (cached properties)
+    if not model.global_rms_adu > 0 and not np.any(model.mesh_rms > 0):
         raise BadExposureError(
             "constant image, no noise: cannot set a detection threshold "
             "(the sky rms is zero in every box)",
@@ -437,11 +471,54 @@ def _validate(config: BackgroundConfig) -> None:
         raise ConfigError(f"background: {exc}", stage="background") from exc
 
 
-def _box_centres(n: int, box: int) -> np.ndarray:
-    """Index of the central pixel of each (possibly partial) box along an axis."""
-    starts = np.arange(0, n, box)
-    stops = np.minimum(starts + box, n)
-    return (starts + stops - 1) // 2
+def spline_matrix(n_pix: int, box: int, n_nodes: int, *, axis: str) -> np.ndarray:
+    """sep's background interpolation along one axis as a ``(n_pix, n_nodes)`` matrix.
+
+    The plane of a node mesh ``M`` is ``Y @ M @ X.T`` with
+    ``Y = spline_matrix(ny, box, M.shape[0], axis="y")`` and ``X`` likewise:
+    sep (like SExtractor) interpolates along y, then along x, each time with
+    a cubic spline through the nodes, continued by its end pieces beyond the
+    first and last node; one node gives a constant. Nodes lie at
+    ``(k + 0.5) box`` along y and ``(k + 0.5) box - 0.5`` along x. The
+    spline's second derivatives are SExtractor's (:func:`_sep_curvatures`),
+    which differ from a textbook natural spline's by up to a few 0.1 ADU on a
+    real sky, so a textbook spline would not give the subtracted plane back.
+    """
+    if n_nodes == 1:
+        return np.ones((n_pix, 1))
+    pos = np.arange(n_pix, dtype=float)
+    u = pos / box - 0.5 if axis == "y" else (pos + 0.5) / box - 0.5  # in node units
+    k = np.clip(np.floor(u).astype(np.int64), 0, n_nodes - 2)
+    d = u - k
+    c = 1.0 - d
+    curv = _sep_curvatures(n_nodes)
+    out = np.zeros((n_pix, n_nodes))
+    rows = np.arange(n_pix)
+    out[rows, k] += c
+    out[rows, k + 1] += d
+    out += (c**3 - c)[:, None] * curv[k] + (d**3 - d)[:, None] * curv[k + 1]
+    return out
+
+
+def _sep_curvatures(n: int) -> np.ndarray:
+    """``(n, n)``: the node "second derivatives" sep's spline uses, as a linear map of the node values.
+
+    SExtractor's back-substitution divides by 6 at every step, also the value
+    it carries to the next one (``d[k] = (d[k] d[k+1] + u[k]) / 6`` where a
+    textbook natural spline has ``6 d[k] = d[k] (6 d[k+1]) + u[k]``); the
+    map is reproduced as it is.
+    """
+    values = np.eye(n)
+    d = np.zeros((n, n))
+    u = np.zeros((n, n))
+    for i in range(1, n - 1):
+        t = -1.0 / (d[i - 1, 0] + 4.0)  # the same for every column
+        d[i] = t
+        u[i] = t * (u[i - 1] - 6.0 * (values[i + 1] + values[i - 1] - 2.0 * values[i]))
+    d[n - 1] = 0.0
+    for i in range(n - 2, -1, -1):
+        d[i] = (d[i] * d[i + 1] + u[i]) / 6.0
+    return d
 
 
 def _native(array: np.ndarray) -> np.ndarray:

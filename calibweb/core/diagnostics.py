@@ -722,6 +722,27 @@ def block_average(image: NDArray, max_side: int) -> tuple[NDArray[np.float32], i
         return np.nanmean(blocks, axis=(1, 3)).astype(np.float32), f
 
 
+def background_image(path, max_side: int) -> tuple[NDArray[np.float32] | None, int]:
+    """The subtracted sky level of a ``calexpBackground.fits``, block-averaged to ``max_side``; ``(image, f)``.
+
+    Rebuilt from the stored mesh (files of earlier versions hold the plane
+    itself); ``(None, 1)`` when the file is not a background model.
+    """
+    from astropy.io import fits
+
+    from calibration.background import BackgroundModel
+    from calibration.errors import CalibrationError
+
+    with fits.open(path, memmap=True) as hdul:
+        if "LEVEL" in hdul:
+            return block_average(np.asarray(hdul["LEVEL"].data, np.float32), max_side)
+        try:
+            model = BackgroundModel.from_hdulist(hdul)
+        except CalibrationError:
+            return None, 1
+    return block_average(model.level_image, max_side)
+
+
 def to_uint8(image: NDArray, *, stretch: str) -> NDArray[np.uint8]:
     """Display levels 0-255 of an image: ``zscale`` (linear between IRAF zscale limits) or ``asinh``.
 
@@ -910,9 +931,7 @@ def image_data(files: RunFiles, *, max_side: int = 1024, background_max_side: in
         layers["matched reference stars"] = reference
     background, bfactor = None, 1
     if files.has(BACKGROUND):
-        with fits.open(files.path(BACKGROUND), memmap=True) as hdul:
-            if "LEVEL" in hdul:
-                background, bfactor = block_average(np.asarray(hdul["LEVEL"].data, np.float32), background_max_side)
+        background, bfactor = background_image(files.path(BACKGROUND), background_max_side)
     return ImageData(
         zscale=to_uint8(small, stretch="zscale"), asinh=to_uint8(small, stretch="asinh"),
         shape=(int(shape[0]), int(shape[1])), factor=factor,

@@ -196,6 +196,25 @@ def test_no_astrometric_fit_is_said_plainly(tmp_path):
     assert diagnostics.available_sections(files) == {"astrometry": False, "photometry": True, "image": True}
 
 
+def test_background_panel_is_rebuilt_from_the_stored_mesh(tmp_path):
+    """An engine-written calexpBackground holds only the mesh: the panel shows the sky level it stands for."""
+    from calibration.background import BackgroundConfig, estimate_background
+    from calibration.exposure import make_exposure
+
+    ny, nx = 300, 400
+    sky = 1000.0 + 0.2 * np.arange(nx)[None, :] + 0.1 * np.arange(ny)[:, None]
+    noise = np.random.default_rng(3).normal(0.0, 10.0, (ny, nx))
+    model = estimate_background(make_exposure(sky + noise), BackgroundConfig(box_size_pix=64))
+    model.to_hdulist().writeto(tmp_path / "calexpBackground.fits")
+    image, factor = diagnostics.background_image(tmp_path / "calexpBackground.fits", 100)
+    assert factor == 4 and image.shape == (75, 100)
+    np.testing.assert_allclose(image, model.level_image.reshape(75, 4, 100, 4).mean(axis=(1, 3)), atol=1e-3)
+    truth = sky.reshape(75, 4, 100, 4).mean(axis=(1, 3))
+    assert np.abs(image - truth).max() < 10.0  # the sky it shows is the sky (within 1 sigma at the edges)
+    fits.HDUList([fits.PrimaryHDU()]).writeto(tmp_path / "other.fits")
+    assert diagnostics.background_image(tmp_path / "other.fits", 100) == (None, 1)
+
+
 def test_image_is_block_averaged_and_scaled_to_bytes(stored):
     files, _ = stored
     data = diagnostics.image_data(files, max_side=64)
