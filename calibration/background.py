@@ -340,6 +340,15 @@ class BackgroundModel:
         planes = str(raw["mask_planes"])
         raw["mask_planes"] = [p for p in planes.split(",") if p]
         config = config_from_dict(BackgroundConfig, raw, path="background")
+        box = config.box_size_pix
+        nodes = (-(-shape[0] // box), -(-shape[1] // box))
+        for name in ("MESH_LEVEL", "MESH_RMS"):
+            if arrays[name].shape != nodes:
+                raise BadExposureError(
+                    f"{name} is {arrays[name].shape} but a {shape[1]} x {shape[0]} image in boxes of {box} pix "
+                    f"has {nodes} nodes: the background file is damaged",
+                    stage="background", mesh_shape=arrays[name].shape, expected_shape=nodes,
+                )
         return cls(
             level_image=arrays["LEVEL"],
             rms_image=arrays["RMS"],

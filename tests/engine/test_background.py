@@ -143,6 +143,17 @@ def test_the_file_holds_the_mesh_and_gives_back_seps_planes(tmp_path, shape, box
     assert again.mesh_level.shape == (-(-ny // box), -(-nx // box))
 
 
+def test_a_damaged_background_file_is_refused_with_the_reason() -> None:
+    model = estimate_background(make_exposure(_flat((300, 200), seed=6)), BackgroundConfig(box_size_pix=64))
+    hdul = model.to_hdulist()
+    hdul["MESH_LEVEL"].data = hdul["MESH_LEVEL"].data[:, :2]
+    with pytest.raises(BadExposureError, match=r"MESH_LEVEL is \(5, 2\).*\(5, 4\) nodes"):
+        BackgroundModel.from_hdulist(hdul)
+    del hdul[0].header["BKGNX"]
+    with pytest.raises(BadExposureError, match="missing"):
+        BackgroundModel.from_hdulist(hdul)
+
+
 def test_a_pickled_model_is_its_mesh() -> None:
     import pickle
 
