@@ -222,26 +222,37 @@ class BackgroundModel:
         ay, ax = self._operators()
         return ((ay @ np.asarray(mesh, float)) @ ax.T).astype(np.float32)
 
-    def _nodes(self, plane: np.ndarray) -> np.ndarray:
-        """The node mesh that ``plane`` interpolates (exact: the plane is ``Ay mesh Ax^T``).
-
-        Solved by least squares on about eight rows and columns per box, so
-        the cost does not depend on the image size.
-        """
-        ay, ax = self._operators()
-        ny, nx = self.shape
+    def _sample_grid(self) -> tuple[np.ndarray, np.ndarray]:
+        """Rows and columns (about eight per box) on which the nodes are solved for."""
         step = max(1, self.config.box_size_pix // 8)
-        rows, cols = np.arange(0, ny, step), np.arange(0, nx, step)
-        sub = np.asarray(plane[np.ix_(rows, cols)], float)
+        return np.arange(0, self.shape[0], step), np.arange(0, self.shape[1], step)
+
+    def _nodes(self, plane: np.ndarray) -> np.ndarray:
+        """The node mesh that ``plane`` interpolates (exact: the plane is ``Ay mesh Ax^T``)."""
+        rows, cols = self._sample_grid()
+        return self._nodes_from_samples(np.asarray(plane[np.ix_(rows, cols)], float))
+
+    def _nodes_from_samples(self, sub: np.ndarray) -> np.ndarray:
+        """Least squares on the :meth:`_sample_grid` values: the cost does not depend on the image size."""
+        ay, ax = self._operators()
+        rows, cols = self._sample_grid()
         left = np.linalg.lstsq(ay[rows], sub, rcond=None)[0]
         return np.linalg.lstsq(ax[cols], left.T, rcond=None)[0].T.astype(np.float32)
 
     def subtract_from(self, image: np.ndarray) -> None:
         """Subtract the level from ``image`` (float32, ``[y, x]``) in place, without a temporary plane."""
         if self._sep is not None and image.dtype == np.float32 and image.flags.c_contiguous:
+            grid = np.ix_(*self._sample_grid()) if self._mesh_level is None else None
+            before = image[grid].astype(float) if grid is not None else None
             self._sep.subfrom(image)
             if self.offset_adu:
                 image -= np.float32(self.offset_adu)
+            if grid is not None:
+                # The level on the sample grid is what was subtracted there: the nodes
+                # without evaluating a full plane (to float32 rounding of the pixels).
+                level = before - image[grid]
+                if np.isfinite(level).all():
+                    self._mesh_level = self._nodes_from_samples(level)
         else:
             image -= self.level_image
 
@@ -258,7 +269,13 @@ class BackgroundModel:
 
     def add_to(self, image: np.ndarray) -> None:
         """Add the level back to ``image`` in place (the inverse of :meth:`subtract_from`)."""
-        image += self.level_image
+        if self._sep is not None and image.dtype == np.float32 and image.flags.c_contiguous:
+            # -((-image) - level): exact, and no image-sized level plane.
+            np.negative(image, out=image)
+            self.subtract_from(image)
+            np.negative(image, out=image)
+        else:
+            image += self.level_image
 
     def evaluate(self, shape: tuple[int, int] | None = None) -> np.ndarray:
         """Full-resolution sky level (ADU), a copy of :attr:`level_image`.
@@ -439,9 +456,10 @@ def estimate_background(
         sep_background=bkg,
         shape=(ny, nx),
     )
-    # The nodes now, one transient plane at a time: asked for later (detection's noise
-    # figure, the file) they would add an image-sized plane to a higher peak.
-    model.mesh_level, model.mesh_rms  # noqa: B018 (cached properties)
+    # The rms nodes now, while one transient plane costs least: asked for later (detection's
+    # noise figure, the file) they would add an image-sized plane to a higher peak. The
+    # level's come from the subtraction (BackgroundModel.subtract_from).
+    model.mesh_rms  # noqa: B018 (a cached property)
     if not model.global_rms_adu > 0 and not np.any(model.mesh_rms > 0):
         raise BadExposureError(
             "constant image, no noise: cannot set a detection threshold "

@@ -143,6 +143,28 @@ def test_the_file_holds_the_mesh_and_gives_back_seps_planes(tmp_path, shape, box
     assert again.mesh_level.shape == (-(-ny // box), -(-nx // box))
 
 
+def test_subtracting_gives_the_level_nodes_and_adding_back_undoes_it() -> None:
+    """The level nodes come from the subtraction's samples, equal to those of the full plane;
+    add_to gives what adding the plane gives (to float32 rounding), without making the plane."""
+    ny, nx = 300, 410
+    yy, xx = np.mgrid[:ny, :nx]
+    image = (SKY_ADU + 0.05 * xx + 30 * np.sin(yy / 50.0) + np.random.default_rng(9).normal(0, SIGMA_ADU, (ny, nx)))
+    image = image.astype(np.float32)
+    image[10:14, 20:24] = 60_000.0  # a saturated star on the sample grid
+    model = estimate_background(make_exposure(image), BackgroundConfig(box_size_pix=64))
+    model.add_offset(0.25)
+    work = image.copy()
+    model.subtract_from(work)
+    from_plane = model._nodes(model.level_image)
+    np.testing.assert_allclose(model.mesh_level, from_plane, rtol=0, atol=1e-3)
+    ulp = 2e-4  # a few float32 steps at 1000-60000 ADU
+    np.testing.assert_allclose(work, image - model.level_image, rtol=2e-7, atol=ulp)
+    back = work.copy()
+    model.add_to(back)
+    np.testing.assert_allclose(back, work + model.level_image, rtol=2e-7, atol=ulp)
+    np.testing.assert_allclose(back, image, rtol=2e-7, atol=ulp)
+
+
 def test_a_damaged_background_file_is_refused_with_the_reason() -> None:
     model = estimate_background(make_exposure(_flat((300, 200), seed=6)), BackgroundConfig(box_size_pix=64))
     hdul = model.to_hdulist()
