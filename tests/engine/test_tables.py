@@ -61,18 +61,38 @@ def test_parquet_keeps_units_descriptions_and_meta(tmp_path):
     np.testing.assert_array_equal(back["f"], t["f"])
 
 
-def test_numeric_tables_are_written_without_importing_pandas(tmp_path):
+def test_numeric_tables_are_written_and_read_without_importing_pandas(tmp_path):
     code = (
         "import sys, numpy as np\n"
         "from astropy.table import Table\n"
-        "from calibration.tables import write_table\n"
+        "from calibration.tables import read_table, write_table\n"
         "t = Table({'a': np.arange(3.0), 'b': np.array([True, False, True]), 'c': np.arange(3)})\n"
         f"write_table(t, {str(tmp_path / 't.csv')!r})\n"
         f"write_table(t, {str(tmp_path / 't.parquet')!r})\n"
+        f"back = read_table({str(tmp_path / 't.parquet')!r})\n"
+        "assert list(back['b']) == [True, False, True] and back['c'].dtype == t['c'].dtype\n"
         "print('pandas' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_arrow_columns_of_every_kind_come_back_as_numpy():
+    import pyarrow as pa
+
+    from calibration.tables import from_arrow
+
+    whole = pa.table({
+        "i": pa.array([1, 2, 3, 4, 5], pa.int32()), "f": pa.array([0.5, 1.5, 2.5, 3.5, 4.5], pa.float32()),
+        "b": pa.array([True, False, True, True, False]), "n": pa.array([1.0, None, 3.0, 4.0, 5.0]),
+        "s": pa.array(["a", "b", "c", "d", "e"]),
+    })
+    for arrow in (whole, whole.slice(1, 3), pa.concat_tables([whole.slice(0, 2), whole.slice(2, 3)])):
+        t = from_arrow(arrow)
+        for name in arrow.column_names:
+            expected = arrow.column(name).to_numpy(zero_copy_only=False)
+            assert t[name].dtype == expected.dtype or name == "s", name
+            np.testing.assert_array_equal(np.asarray(t[name]), expected)
 
 
 CARDS = [("ZP", 27.5), ("FITOK", True), ("N", 3), ("NOTE", "a note"), ("HIERARCH THRESHOLD_SIGMA", 5.0),
