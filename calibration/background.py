@@ -220,7 +220,8 @@ class BackgroundModel:
     def _evaluate(self, mesh: np.ndarray) -> np.ndarray:
         """The full-resolution plane of a node mesh (sep's bicubic spline)."""
         ay, ax = self._operators()
-        return ((ay @ np.asarray(mesh, float)) @ ax.T).astype(np.float32)
+        # The last product in float32: a float64 plane would double the memory for 1e-4 ADU.
+        return (ay @ np.asarray(mesh, float)).astype(np.float32) @ ax.T.astype(np.float32)
 
     def _sample_grid(self) -> tuple[np.ndarray, np.ndarray]:
         """Rows and columns (about eight per box) on which the nodes are solved for."""
@@ -270,7 +271,7 @@ class BackgroundModel:
     def add_to(self, image: np.ndarray) -> None:
         """Add the level back to ``image`` in place (the inverse of :meth:`subtract_from`)."""
         if self._sep is not None and image.dtype == np.float32 and image.flags.c_contiguous:
-            # -((-image) - level): exact, and no image-sized level plane.
+            # -((-image) - level): the same sum to float32 rounding, without an image-sized level plane.
             np.negative(image, out=image)
             self.subtract_from(image)
             np.negative(image, out=image)
@@ -314,10 +315,11 @@ class BackgroundModel:
         hdr["BKGOFFS"] = (self.offset_adu, "[adu] mean-sky correction added")
         hdr["BKGNX"] = (self.shape[1], "[pix] width of the fitted image")
         hdr["BKGNY"] = (self.shape[0], "[pix] height of the fitted image")
-        hdr["BKGINTRP"] = ("SEP-SPLINE", "natural bicubic spline through the mesh nodes")
+        hdr["BKGINTRP"] = ("SEP-SPLINE", "SExtractor bicubic spline of the nodes")
         hdr["COMMENT"] = "Sky background (sep/SExtractor): the spline of MESH_LEVEL was subtracted."
         hdr["COMMENT"] = "Node (j, i) of the mesh lies at y = (j + 0.5) BKGBOX, x = (i + 0.5) BKGBOX - 0.5"
-        hdr["COMMENT"] = "(0-based pixels); natural cubic spline along y, then along x."
+        hdr["COMMENT"] = "(0-based pixels); cubic spline along y, then along x, with SExtractor's"
+        hdr["COMMENT"] = "curvatures: calibration.background.spline_matrix rebuilds the planes."
         hdus = [primary]
         for name, data, what in (
             ("MESH_LEVEL", self.mesh_level, "sky level at the spline nodes"),
