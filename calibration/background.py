@@ -215,7 +215,10 @@ class BackgroundModel:
     def _operators(self) -> tuple[np.ndarray, np.ndarray]:
         box = self.config.box_size_pix
         ny, nx = self.shape
-        return (spline_matrix(ny, box, -(-ny // box), axis="y"), spline_matrix(nx, box, -(-nx // box), axis="x"))
+        n_y = -(-ny // box)
+        # With one row of boxes sep takes the (zero) curvatures along y for those along x: linear in x.
+        return (spline_matrix(ny, box, n_y, axis="y"),
+                spline_matrix(nx, box, -(-nx // box), axis="x", linear=n_y == 1))
 
     def _evaluate(self, mesh: np.ndarray) -> np.ndarray:
         """The full-resolution plane of a node mesh (sep's bicubic spline)."""
@@ -500,7 +503,7 @@ def _validate(config: BackgroundConfig) -> None:
         raise ConfigError(f"background: {exc}", stage="background") from exc
 
 
-def spline_matrix(n_pix: int, box: int, n_nodes: int, *, axis: str) -> np.ndarray:
+def spline_matrix(n_pix: int, box: int, n_nodes: int, *, axis: str, linear: bool = False) -> np.ndarray:
     """sep's background interpolation along one axis as a ``(n_pix, n_nodes)`` matrix.
 
     The plane of a node mesh ``M`` is ``Y @ M @ X.T`` with
@@ -512,6 +515,8 @@ def spline_matrix(n_pix: int, box: int, n_nodes: int, *, axis: str) -> np.ndarra
     spline's second derivatives are SExtractor's (:func:`_sep_curvatures`),
     which differ from a textbook natural spline's by up to a few 0.1 ADU on a
     real sky, so a textbook spline would not give the subtracted plane back.
+    ``linear``: zero curvatures, i.e. linear between the nodes, as sep
+    interpolates along x when there is a single row of boxes.
     """
     if n_nodes == 1:
         return np.ones((n_pix, 1))
@@ -520,7 +525,7 @@ def spline_matrix(n_pix: int, box: int, n_nodes: int, *, axis: str) -> np.ndarra
     k = np.clip(np.floor(u).astype(np.int64), 0, n_nodes - 2)
     d = u - k
     c = 1.0 - d
-    curv = _sep_curvatures(n_nodes)
+    curv = np.zeros((n_nodes, n_nodes)) if linear else _sep_curvatures(n_nodes)
     out = np.zeros((n_pix, n_nodes))
     rows = np.arange(n_pix)
     out[rows, k] += c

@@ -119,7 +119,8 @@ def test_hdulist_round_trip(tmp_path) -> None:
     assert again.evaluate((300, 200)).dtype.isnative
 
 
-@pytest.mark.parametrize("shape, box", [((300, 410), 64), ((257, 130), 50), ((130, 129), 65), ((90, 700), 64)])
+@pytest.mark.parametrize("shape, box", [((300, 410), 64), ((257, 130), 50), ((130, 129), 65), ((90, 700), 64),
+                                        ((64, 700), 64), ((700, 64), 64)])
 def test_the_file_holds_the_mesh_and_gives_back_seps_planes(tmp_path, shape, box) -> None:
     """A structured sky (gradient and waves), image sizes that are not whole boxes, odd and even
     boxes, one row of boxes: the planes rebuilt from the few-kB file are sep's to float32 rounding."""
@@ -136,7 +137,7 @@ def test_the_file_holds_the_mesh_and_gives_back_seps_planes(tmp_path, shape, box
         assert "LEVEL" not in hdul and hdul[0].header["BKGINTRP"] == "SEP-SPLINE"
         again = BackgroundModel.from_hdulist(hdul)
     level, rms = model.level_image, model.rms_image
-    assert np.ptp(level) > 50 and np.ptp(rms) > 0.3 * SIGMA_ADU  # a sky worth interpolating
+    assert np.ptp(level) > 30 and np.ptp(rms) > 0.1 * SIGMA_ADU  # a sky worth interpolating
     # float32 carries 1e-4 ADU at this level; a textbook natural spline misses by ~0.1 ADU.
     np.testing.assert_allclose(again.level_image, level, rtol=0, atol=2e-3)
     np.testing.assert_allclose(again.rms_image, rms, rtol=0, atol=1e-4)
