@@ -225,11 +225,6 @@ def _read_parquet(path: Path) -> Table:
     return table
 
 
-#: numpy dtype of each fixed-width Arrow type read straight from its data buffer.
-_PLAIN_ARROW = {"int8": "i1", "int16": "i2", "int32": "i4", "int64": "i8", "uint8": "u1", "uint16": "u2",
-                "uint32": "u4", "uint64": "u8", "float": "f4", "double": "f8"}
-
-
 def _numpy_column(column: Any) -> np.ndarray:
     """A numpy copy of an Arrow column.
 
@@ -240,9 +235,8 @@ def _numpy_column(column: Any) -> np.ndarray:
     import pyarrow as pa
 
     arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    code = _PLAIN_ARROW.get(str(arr.type))
-    if arr.null_count == 0 and code is not None:
-        dtype = np.dtype(code)
+    if arr.null_count == 0 and (pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type)):
+        dtype = np.dtype(arr.type.to_pandas_dtype())  # a numpy dtype; pandas is not imported
         return np.frombuffer(arr.buffers()[1], dtype=dtype, count=len(arr), offset=arr.offset * dtype.itemsize).copy()
     if arr.null_count == 0 and pa.types.is_boolean(arr.type):
         bits = np.frombuffer(arr.buffers()[1], np.uint8)
