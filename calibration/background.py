@@ -160,6 +160,7 @@ class BackgroundModel:
         self.offset_adu = 0.0
         self._mesh_level = mesh_level
         self._mesh_rms = mesh_rms
+        self._ops: tuple[np.ndarray, np.ndarray] | None = None  # see _operators
 
     def __repr__(self) -> str:
         return (f"BackgroundModel(shape={self.shape}, global_level_adu={self.global_level_adu:.6g}, "
@@ -172,6 +173,7 @@ class BackgroundModel:
             state["_mesh_level"], state["_mesh_rms"] = self.mesh_level, self.mesh_rms
             state["_sep"] = None
             state["offset_adu"] = 0.0  # now inside the mesh
+        state["_ops"] = None  # rebuilt when needed: a few MB for a large image
         return state
 
     @property
@@ -213,12 +215,15 @@ class BackgroundModel:
         return self._mesh_rms
 
     def _operators(self) -> tuple[np.ndarray, np.ndarray]:
-        box = self.config.box_size_pix
-        ny, nx = self.shape
-        n_y = -(-ny // box)
-        # With one row of boxes sep takes the (zero) curvatures along y for those along x: linear in x.
-        return (spline_matrix(ny, box, n_y, axis="y"),
-                spline_matrix(nx, box, -(-nx // box), axis="x", linear=n_y == 1))
+        """``(Y, X)`` of :func:`spline_matrix` for this model's image (made once)."""
+        if self._ops is None:
+            box = self.config.box_size_pix
+            ny, nx = self.shape
+            n_y = -(-ny // box)
+            # With one row of boxes sep takes the (zero) curvatures along y for those along x: linear in x.
+            self._ops = (spline_matrix(ny, box, n_y, axis="y"),
+                         spline_matrix(nx, box, -(-nx // box), axis="x", linear=n_y == 1))
+        return self._ops
 
     def _evaluate(self, mesh: np.ndarray) -> np.ndarray:
         """The full-resolution plane of a node mesh (sep's bicubic spline)."""
