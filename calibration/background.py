@@ -98,6 +98,18 @@ class BackgroundConfig:
         plane_bits(self.mask_planes)
 
 
+def _block_mean_rows(a: np.ndarray, factor: int) -> np.ndarray:
+    """Means of consecutive groups of ``factor`` rows of ``a`` (the last group may be shorter)."""
+    starts = np.arange(0, a.shape[0], factor)
+    return np.add.reduceat(a, starts, axis=0) / np.diff(np.append(starts, a.shape[0]))[:, None]
+
+
+def _block_mean(plane: np.ndarray, factor: int) -> np.ndarray:
+    """``plane`` averaged over ``factor x factor`` blocks, edge blocks over the pixels they hold."""
+    rows = _block_mean_rows(np.asarray(plane, float), factor)
+    return _block_mean_rows(rows.T, factor).T.astype(np.float32)
+
+
 class BackgroundModel:
     """A fitted sky background (the engine's ``calexpBackground``).
 
@@ -230,6 +242,23 @@ class BackgroundModel:
         ay, ax = self._operators()
         # The last product in float32: a float64 plane would double the memory for 1e-4 ADU.
         return (ay @ np.asarray(mesh, float)).astype(np.float32) @ ax.T.astype(np.float32)
+
+    def binned_level(self, factor: int) -> np.ndarray:
+        """The sky level averaged over ``factor x factor`` pixel blocks (ADU, float32).
+
+        Block ``[j, i]`` covers pixels ``[j factor, (j + 1) factor)`` on each
+        axis; an edge block averages the pixels it holds. A model held as its
+        mesh averages the spline operators rather than the plane (the plane is
+        linear in them), so no image-sized plane is made: a preview of the
+        background costs a few MB, not a plane.
+        """
+        if factor < 1:
+            raise ValueError(f"factor must be >= 1, got {factor}")
+        if self._level is not None or self._sep is not None:
+            return _block_mean(self.level_image, factor)
+        ay, ax = self._operators()
+        by, bx = _block_mean_rows(ay, factor), _block_mean_rows(ax, factor)
+        return (by @ np.asarray(self._mesh_level, float) @ bx.T).astype(np.float32)
 
     def _sample_grid(self) -> tuple[np.ndarray, np.ndarray]:
         """Rows and columns (about eight per box) on which the nodes are solved for."""

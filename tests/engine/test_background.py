@@ -144,6 +144,29 @@ def test_the_file_holds_the_mesh_and_gives_back_seps_planes(tmp_path, shape, box
     assert again.mesh_level.shape == (-(-ny // box), -(-nx // box))
 
 
+@pytest.mark.parametrize("factor", [1, 3, 7, 64])
+def test_binned_level_is_the_block_mean_of_the_plane(tmp_path, factor) -> None:
+    """A preview of the level from the mesh, without the plane: the plane's mean over each block,
+    edge blocks (300 and 410 are not multiples of 7 or 64) over the pixels they hold."""
+    ny, nx = 300, 410
+    yy, xx = np.mgrid[:ny, :nx]
+    sky = SKY_ADU + 0.05 * xx - 0.03 * yy + 40 * np.sin(xx / 60.0) * np.cos(yy / 45.0)
+    model = estimate_background(make_exposure(sky + np.random.default_rng(9).normal(0, SIGMA_ADU, (ny, nx))),
+                                BackgroundConfig(box_size_pix=64))
+    model.to_hdulist().writeto(tmp_path / "bkg.fits")
+    with fits.open(tmp_path / "bkg.fits") as hdul:
+        from_mesh = BackgroundModel.from_hdulist(hdul)
+    level = model.level_image.astype(float)
+    expected = np.array([[level[j:j + factor, i:i + factor].mean() for i in range(0, nx, factor)]
+                         for j in range(0, ny, factor)])
+    for m in (from_mesh, model):  # the mesh's operators, and sep's plane
+        binned = m.binned_level(factor)
+        assert binned.dtype == np.float32 and binned.shape == expected.shape
+        np.testing.assert_allclose(binned, expected, rtol=0, atol=2e-3)
+    with pytest.raises(ValueError, match="factor"):
+        model.binned_level(0)
+
+
 def test_subtracting_gives_the_level_nodes_and_adding_back_undoes_it() -> None:
     """The level nodes come from the subtraction's samples, equal to those of the full plane;
     add_to gives what adding the plane gives (to float32 rounding), without making the plane."""

@@ -211,6 +211,11 @@ def test_background_panel_is_rebuilt_from_the_stored_mesh(tmp_path):
     np.testing.assert_allclose(image, model.level_image.reshape(75, 4, 100, 4).mean(axis=(1, 3)), atol=1e-3)
     truth = sky.reshape(75, 4, 100, 4).mean(axis=(1, 3))
     assert np.abs(image - truth).max() < 10.0  # the sky it shows is the sky (within 1 sigma at the edges)
+    # Partial edge blocks (300 / 7 and 400 / 7 are not whole): the same as averaging the plane.
+    image, factor = diagnostics.background_image(tmp_path / "calexpBackground.fits", 60)
+    expected, f = diagnostics.block_average(model.level_image, 60)
+    assert factor == f == 7 and image.shape == expected.shape == (43, 58)
+    np.testing.assert_allclose(image, expected, atol=1e-3)
     fits.HDUList([fits.PrimaryHDU()]).writeto(tmp_path / "other.fits")
     assert diagnostics.background_image(tmp_path / "other.fits", 100) == (None, 1)
 
