@@ -98,6 +98,18 @@ class BackgroundConfig:
         plane_bits(self.mask_planes)
 
 
+def _left_inverse(a: np.ndarray) -> np.ndarray:
+    """``S`` with ``S a = I``: the least-squares solution of ``a x = b`` is ``S b`` (a of full column rank).
+
+    Through QR (R^-1 Q^T); the pseudo-inverse when R is singular.
+    """
+    q, r = np.linalg.qr(a)
+    diag = np.abs(np.diag(r))
+    if diag.size and diag.min() > 1e-10 * diag.max():
+        return np.linalg.solve(r, q.T)
+    return np.linalg.pinv(a)
+
+
 def _block_mean_rows(a: np.ndarray, factor: int) -> np.ndarray:
     """Means of consecutive groups of ``factor`` rows of ``a`` (the last group may be shorter)."""
     starts = np.arange(0, a.shape[0], factor)
@@ -173,6 +185,7 @@ class BackgroundModel:
         self._mesh_level = mesh_level
         self._mesh_rms = mesh_rms
         self._ops: tuple[np.ndarray, np.ndarray] | None = None  # see _operators
+        self._solve: tuple[np.ndarray, np.ndarray] | None = None  # see _solvers
 
     def __repr__(self) -> str:
         return (f"BackgroundModel(shape={self.shape}, global_level_adu={self.global_level_adu:.6g}, "
@@ -185,7 +198,7 @@ class BackgroundModel:
             state["_mesh_level"], state["_mesh_rms"] = self.mesh_level, self.mesh_rms
             state["_sep"] = None
             state["offset_adu"] = 0.0  # now inside the mesh
-        state["_ops"] = None  # rebuilt when needed: a few MB for a large image
+        state["_ops"] = state["_solve"] = None  # rebuilt when needed: a few MB for a large image
         return state
 
     @property
@@ -272,10 +285,22 @@ class BackgroundModel:
 
     def _nodes_from_samples(self, sub: np.ndarray) -> np.ndarray:
         """Least squares on the :meth:`_sample_grid` values: the cost does not depend on the image size."""
-        ay, ax = self._operators()
-        rows, cols = self._sample_grid()
-        left = np.linalg.lstsq(ay[rows], sub, rcond=None)[0]
-        return np.linalg.lstsq(ax[cols], left.T, rcond=None)[0].T.astype(np.float32)
+        sy, sx = self._solvers()
+        return (sy @ sub @ sx.T).astype(np.float32)
+
+    def _solvers(self) -> tuple[np.ndarray, np.ndarray]:
+        """Left inverses of the operators on the sample grid, made once per model.
+
+        Nodes = ``Sy samples Sx^T`` solves the least squares of
+        :meth:`_nodes_from_samples` with two small products: it is asked for
+        four times a run, and LAPACK's SVD solver costs milliseconds per call
+        for these sizes (far more on a loaded machine with a threaded BLAS).
+        """
+        if getattr(self, "_solve", None) is None:  # (models pickled before it existed lack it)
+            ay, ax = self._operators()
+            rows, cols = self._sample_grid()
+            self._solve = (_left_inverse(ay[rows]), _left_inverse(ax[cols]))
+        return self._solve
 
     def subtract_from(self, image: np.ndarray) -> None:
         """Subtract the level from ``image`` (float32, ``[y, x]``) in place, without a temporary plane."""
