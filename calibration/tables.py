@@ -50,10 +50,14 @@ def write_table(table: Table, path: str | os.PathLike[str], *, overwrite: bool =
         if out.exists() and not overwrite:
             raise FileExistsError(f"{out} exists (pass overwrite=True)")
         if fmt == "parquet":
+            import pyarrow as pa
             import pyarrow.parquet as pq
 
             arrow = to_arrow(table)
             pq.write_table(arrow, out, use_dictionary=_dictionary_columns(arrow))
+            # Arrow's pool keeps the encoder's buffers (50 MB for a crowded field's catalogue),
+            # which the CSV written next would stack its own on.
+            pa.default_memory_pool().release_unused()
         else:
             _write_csv(table, out)
     else:
