@@ -130,6 +130,8 @@ def _sextractor_part1(workdir: Path, sex_bin: str, thresh: float) -> Path:
                                               nnw=bench_part1.find_nnw(sex_bin), seeing_arcsec=0.6)
     text = sex.read_text()
     for key in ("DETECT_THRESH", "ANALYSIS_THRESH"):
+        if f"{key:<18}5\n" not in text:
+            sys.exit(f"bench_part1's SExtractor configuration changed: no '{key} 5' line to set to {thresh:.3f}")
         text = text.replace(f"{key:<18}5\n", f"{key:<18}{thresh:.3f}\n")
     sex.write_text(text)
     return sex
