@@ -27,6 +27,7 @@ from astropy.io import fits
 from .configbase import config_from_dict, doc_field
 from .errors import BadExposureError, ConfigError
 from .exposure import Exposure, MaskPlane, planes_set
+from .stats import LeastSquares
 
 __all__ = [
     "BackgroundConfig",
@@ -96,18 +97,6 @@ class BackgroundConfig:
         if not np.isfinite(self.filter_threshold) or self.filter_threshold < 0:
             raise ValueError(f"filter_threshold must be >= 0, got {self.filter_threshold}")
         plane_bits(self.mask_planes)
-
-
-def _left_inverse(a: np.ndarray) -> np.ndarray:
-    """``S`` with ``S a = I``: the least-squares solution of ``a x = b`` is ``S b`` (a of full column rank).
-
-    Through QR (R^-1 Q^T); the pseudo-inverse when R is singular.
-    """
-    q, r = np.linalg.qr(a)
-    diag = np.abs(np.diag(r))
-    if diag.size and diag.min() > 1e-10 * diag.max():
-        return np.linalg.solve(r, q.T)
-    return np.linalg.pinv(a)
 
 
 def _block_mean_rows(a: np.ndarray, factor: int) -> np.ndarray:
@@ -185,7 +174,7 @@ class BackgroundModel:
         self._mesh_level = mesh_level
         self._mesh_rms = mesh_rms
         self._ops: tuple[np.ndarray, np.ndarray] | None = None  # see _operators
-        self._solve: tuple[np.ndarray, np.ndarray] | None = None  # see _solvers
+        self._solve: tuple[LeastSquares, LeastSquares] | None = None  # see _solvers
 
     def __repr__(self) -> str:
         return (f"BackgroundModel(shape={self.shape}, global_level_adu={self.global_level_adu:.6g}, "
@@ -285,21 +274,16 @@ class BackgroundModel:
 
     def _nodes_from_samples(self, sub: np.ndarray) -> np.ndarray:
         """Least squares on the :meth:`_sample_grid` values: the cost does not depend on the image size."""
-        sy, sx = self._solvers()
-        return (sy @ sub @ sx.T).astype(np.float32)
+        along_y, along_x = self._solvers()
+        return along_x(along_y(sub).T).T.astype(np.float32)
 
-    def _solvers(self) -> tuple[np.ndarray, np.ndarray]:
-        """Left inverses of the operators on the sample grid, made once per model.
-
-        Nodes = ``Sy samples Sx^T`` solves the least squares of
-        :meth:`_nodes_from_samples` with two small products: it is asked for
-        four times a run, and LAPACK's SVD solver costs milliseconds per call
-        for these sizes (far more on a loaded machine with a threaded BLAS).
-        """
+    def _solvers(self) -> tuple[LeastSquares, LeastSquares]:
+        """Least-squares solvers of the operators on the sample grid, made once per model
+        (asked for four times a run)."""
         if getattr(self, "_solve", None) is None:  # (models pickled before it existed lack it)
             ay, ax = self._operators()
             rows, cols = self._sample_grid()
-            self._solve = (_left_inverse(ay[rows]), _left_inverse(ax[cols]))
+            self._solve = (LeastSquares(ay[rows]), LeastSquares(ax[cols]))
         return self._solve
 
     def subtract_from(self, image: np.ndarray) -> None:

@@ -43,6 +43,7 @@ from astropy.wcs import WCS, Sip
 from numpy.typing import ArrayLike, NDArray
 
 from .errors import AstrometryError
+from .stats import LeastSquares
 
 __all__ = [
     "MAX_SIP_ORDER",
@@ -122,29 +123,9 @@ def _design(u: NDArray[np.float64], v: NDArray[np.float64], terms: list[tuple[in
     return out
 
 
-class _LeastSquares:
-    """Least squares for one design and many right-hand sides: normal equations plus refinement.
-
-    The designs here are tall and thin (n x <= 28) in coordinates normalised to
-    about +-1, so the normal equations are well enough conditioned, and one step
-    of iterative refinement restores full precision. LAPACK's SVD solver
-    (``numpy.linalg.lstsq``) is avoided on purpose: with a multi-threaded BLAS on
-    a loaded machine it was measured 300 times slower for these sizes.
-    """
-
-    def __init__(self, design: NDArray[np.float64]) -> None:
-        self.design = design
-        self.gram = design.T @ design
-
-    def __call__(self, rhs: NDArray[np.float64]) -> NDArray[np.float64]:
-        coef = np.linalg.solve(self.gram, self.design.T @ rhs)
-        coef += np.linalg.solve(self.gram, self.design.T @ (rhs - self.design @ coef))
-        return coef
-
-
 def _lstsq(design: NDArray[np.float64], rhs: NDArray[np.float64]) -> NDArray[np.float64]:
-    """One-off least squares (see :class:`_LeastSquares`)."""
-    return _LeastSquares(design)(rhs)
+    """One-off least squares (see :class:`~calibration.stats.LeastSquares`)."""
+    return LeastSquares(design)(rhs)
 
 
 def tan_project(
@@ -236,7 +217,7 @@ def _solve(
 
     ``design``'s first column must be the constant term.
     """
-    solver = _LeastSquares(design * w[:, None])
+    solver = LeastSquares(design * w[:, None])
     for _ in range(20):
         xi, eta = tan_project(ra, dec, ra0, dec0)
         coef = solver(np.column_stack([xi * w, eta * w]))
