@@ -249,18 +249,18 @@ class BackgroundModel:
         """The sky level averaged over ``factor x factor`` pixel blocks (ADU, float32).
 
         Block ``[j, i]`` covers pixels ``[j factor, (j + 1) factor)`` on each
-        axis; an edge block averages the pixels it holds. A model held as its
-        mesh averages the spline operators rather than the plane (the plane is
-        linear in them), so no image-sized plane is made: a preview of the
-        background costs a few MB, not a plane.
+        axis; an edge block averages the pixels it holds. The spline operators
+        are averaged rather than the plane (the plane is linear in them), so no
+        image-sized plane is made: a preview of the background costs a few MB.
+        A model read from an old file with its planes averages its plane.
         """
         if factor < 1:
             raise ValueError(f"factor must be >= 1, got {factor}")
-        if self._level is not None or self._sep is not None:
-            return _block_mean(self.level_image, factor)
+        if self._level is not None:
+            return _block_mean(self._level, factor)
         ay, ax = self._operators()
         by, bx = _block_mean_rows(ay, factor), _block_mean_rows(ax, factor)
-        return (by @ np.asarray(self._mesh_level, float) @ bx.T).astype(np.float32)
+        return (by @ np.asarray(self.mesh_level, float) @ bx.T).astype(np.float32)
 
     def _sample_grid(self) -> tuple[np.ndarray, np.ndarray]:
         """Rows and columns (about eight per box) on which the nodes are solved for."""

@@ -159,7 +159,9 @@ def test_binned_level_is_the_block_mean_of_the_plane(tmp_path, factor) -> None:
     level = model.level_image.astype(float)
     expected = np.array([[level[j:j + factor, i:i + factor].mean() for i in range(0, nx, factor)]
                          for j in range(0, ny, factor)])
-    for m in (from_mesh, model):  # the mesh's operators, and sep's plane
+    as_planes = BackgroundModel(level_image=model.level_image, rms_image=model.rms_image, config=model.config,
+                                global_level_adu=model.global_level_adu, global_rms_adu=model.global_rms_adu)
+    for m in (from_mesh, model, as_planes):  # from the mesh (read back, or sep's), and from the plane of an old file
         binned = m.binned_level(factor)
         assert binned.dtype == np.float32 and binned.shape == expected.shape
         np.testing.assert_allclose(binned, expected, rtol=0, atol=2e-3)
