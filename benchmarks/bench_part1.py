@@ -299,11 +299,15 @@ def find_nnw(binary: str) -> str | None:
     return None
 
 
+def conv_kernel(conv_text: str) -> list[list[float]]:
+    """The rows of a SExtractor .conv kernel."""
+    return [[float(v) for v in line.split()] for line in conv_text.splitlines()
+            if line.strip() and not line.startswith(("CONV", "#"))]
+
+
 def conv_noise_factor(conv_text: str) -> float:
     """sqrt(sum k^2) / sum k of a .conv kernel: filtered-image noise per unit pixel noise."""
-    rows = [[float(v) for v in line.split()] for line in conv_text.splitlines()
-            if line.strip() and not line.startswith(("CONV", "#"))]
-    flat = [v for row in rows for v in row]
+    flat = [v for row in conv_kernel(conv_text) for v in row]
     return math.sqrt(sum(v * v for v in flat)) / sum(flat)
 
 

@@ -54,15 +54,6 @@ RADII_PIX = (3.0, 4.5, 6.0, 9.0, 12.0, 17.0, 25.0)
 PSF_FWHM_PIX = 3.0  # the simulations' PSF
 
 
-def _kernel_5x5():
-    import numpy as np
-
-    from bench_part1 import GAUSS_3_5X5
-
-    rows = [line for line in GAUSS_3_5X5.splitlines() if line.strip() and not line.startswith(("CONV", "#"))]
-    return np.array([[float(v) for v in line.split()] for line in rows])
-
-
 def sep_child(fits_path: str, mode: str, thresh: float, outdir: str) -> dict:
     """sep doing SExtractor's work on one file, once, in this (fresh) process."""
     t0 = time.perf_counter()
@@ -72,7 +63,9 @@ def sep_child(fits_path: str, mode: str, thresh: float, outdir: str) -> dict:
     from astropy.table import Table
 
     import_s = time.perf_counter() - t0
-    kernel = _kernel_5x5()
+    from bench_part1 import GAUSS_3_5X5, conv_kernel
+
+    kernel = np.array(conv_kernel(GAUSS_3_5X5))
     sep.set_extract_pixstack(10_000_000)
     sep.set_sub_object_limit(4096)
     stages: dict[str, float] = {}
