@@ -143,32 +143,21 @@ def sep_child(fits_path: str, mode: str, thresh: float, outdir: str) -> dict:
             "n": int(x.size)}
 
 
-def _run(cmd: list[str], cwd: Path | None = None) -> tuple[float, str]:
+def _run(cmd: list[str]) -> str:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE)])}
-    t0 = time.perf_counter()
-    out = subprocess.run(cmd, cwd=cwd, env=env, check=True, capture_output=True, text=True)
-    return time.perf_counter() - t0, out.stdout
-
-
-def _sextractor_part1(workdir: Path, sex_bin: str, thresh: float) -> Path:
-    import bench_part1
-
-    sex, _, _ = bench_part1.sextractor_config(workdir, min_pixels=5, radii=RADII_PIX,
-                                              nnw=bench_part1.find_nnw(sex_bin), seeing_arcsec=0.6)
-    text = sex.read_text()
-    for key in ("DETECT_THRESH", "ANALYSIS_THRESH"):
-        if f"{key:<18}5\n" not in text:
-            sys.exit(f"bench_part1's SExtractor configuration changed: no '{key} 5' line to set to {thresh:.3f}")
-        text = text.replace(f"{key:<18}5\n", f"{key:<18}{thresh:.3f}\n")
-    sex.write_text(text)
-    return sex
+    return subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
 
 
 def bench_image(name: str, image: Path, mode: str, sex: Path, sex_bin: str, thresh: float, workdir: Path) -> dict:
-    sex_s, _ = _run([sex_bin, str(image), "-c", str(sex), "-CATALOG_NAME", str(workdir / f"{name}.cat")],
-                    cwd=workdir)
-    _, out = _run([sys.executable, __file__, "--_sep", str(image), mode, f"{thresh:.6f}", str(workdir)])
+    import bench_part1
+
+    # bench_part1's runner: the threshold on the command line, SExtractor's own wall time.
+    sx = bench_part1.run_sextractor(sex_bin, sex, image, workdir, thresh, "floor")
+    if not sx["ok"]:
+        sys.exit(f"SExtractor failed on {name}: {sx.get('error')}")
+    out = _run([sys.executable, __file__, "--_sep", str(image), mode, f"{thresh:.6f}", str(workdir)])
     res = json.loads(out.strip().splitlines()[-1])
+    sex_s = sx["wall_s"]
     res.update(name=name, mode=mode, sextractor_s=sex_s, ratio=res["floor_s"] / sex_s,
                ratio_plus=res["floor_plus_s"] / sex_s)
     return res
@@ -196,7 +185,8 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory(prefix="bench_sep_floor_") as tmp:
         workdir = Path(tmp)
-        sex1 = _sextractor_part1(workdir, sex_bin, thresh)
+        sex1, _, _ = bench_part1.sextractor_config(workdir, min_pixels=5, radii=RADII_PIX,
+                                                   nnw=bench_part1.find_nnw(sex_bin), seeing_arcsec=0.6)
         part1 = [("typical_5000", 5000)] + ([("crowded_50000", 50000)] if args.crowded else [])
         for name, n_stars in part1:
             image = workdir / f"{name}.fits"
